@@ -1,0 +1,59 @@
+# Torchgate developer commands. Everything runs from the repo-local virtualenv .venv.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+GATEWAY_VENV := .venv-gateway
+PROTOS := $(wildcard protos/torchgate/v1/*.proto)
+
+.PHONY: install protos check-protos run start stop health test test-gateway-isolated lint bench clean
+
+install: $(INSTALLED)
+
+# torch==2.13.0 first: that exact spec takes the CPU wheel on disk instead of gigabytes of CUDA.
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[gateway,worker,dev]'
+	touch $@
+
+protos: $(INSTALLED)
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
+
+# CI: the committed stubs must be what `make protos` produces.
+check-protos: protos
+	git diff --exit-code -- torchgate/v1
+
+run: $(INSTALLED)
+	scripts/start.sh --follow
+
+start: $(INSTALLED)
+	scripts/start.sh
+
+stop:
+	scripts/stop.sh
+
+health:
+	scripts/health.sh
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+test: $(INSTALLED) lint test-gateway-isolated
+	$(BIN)/python -m pytest
+
+# The gateway's own tests in a virtualenv that has only the gateway dependency set: no torch anywhere.
+test-gateway-isolated:
+	test -x $(GATEWAY_VENV)/bin/python || $(PYTHON) -m venv $(GATEWAY_VENV)
+	$(GATEWAY_VENV)/bin/pip install -q -e '.[gateway]' pytest==9.2.0 pytest-asyncio==1.5.0 httpx==0.28.1
+	! $(GATEWAY_VENV)/bin/python -c 'import torch' 2>/dev/null
+	$(GATEWAY_VENV)/bin/python -m pytest -q tests/unit/gateway
+
+bench: $(INSTALLED)
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) $(GATEWAY_VENV) .run

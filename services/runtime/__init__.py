@@ -1,0 +1,1 @@
+"""The shared worker runtime. Imports no torch: model code is imported by the adapters when they load."""

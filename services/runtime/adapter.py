@@ -1,0 +1,79 @@
+"""The one extension point of a model worker."""
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Prepared:
+    """A tokenized batch: model inputs plus the real token count of each input (for usage)."""
+
+    features: Any
+    token_counts: list[int]
+
+
+@dataclass
+class ModelDescription:
+    """What a loaded model is; the runtime turns it into the `ModelInfo` every worker's Info returns."""
+
+    model_id: str
+    model_path: str
+    device: str
+    dtype: str
+    max_input_tokens: int
+    dimension: int = 0
+    labels: list[str] = field(default_factory=list)
+    fallback_reason: str = ""
+
+
+class ModelAdapter(ABC):
+    """Everything a worker knows about its model; the runtime does the rest (server, batching, health).
+
+    The dynamic batcher drives an adapter through this life cycle:
+
+    1. `load()` once, in a worker thread, before the service reports SERVING. Resolve the weights
+       with `services.runtime.models.resolve_model` (never download), pick the device and dtype with
+       `services.runtime.device`, and return a `ModelDescription`.
+    2. `warmup()` once after loading: run the shapes traffic will use, so the first real request does
+       not pay for lazy initialisation (CUDA kernels, allocator pools). Health turns SERVING only
+       after it succeeds.
+    3. Per batch, in this order and on two different threads so that consecutive batches overlap:
+       - `preprocess(items)` on the tokenizer thread: CPU work only (tokenize, pad, pin memory).
+         Returns a `Prepared` with the features and each item's real token count.
+       - `forward(prepared)` on the device thread, one batch at a time per model: the model call
+         under `torch.inference_mode()`, ending with the single host copy of the result.
+       - `postprocess(prepared, output)` on the device thread right after `forward`: split the output
+         into one result per item, in input order (numpy arrays or plain Python values).
+    4. `estimate_tokens(item)` is called on the event loop for every queued item, so it must be cheap
+       (no tokenizer): the batcher groups items of similar estimated length and caps each batch's
+       padded tokens (`max_batch_tokens`) with it.
+
+    Items are whatever the servicer submits: a text for embeddings and classification, a
+    (query, document) pair for reranking. An exception from `preprocess`, `forward` or `postprocess`
+    fails only the requests of that batch (INTERNAL to their callers; the details go to the log).
+    """
+
+    @abstractmethod
+    def load(self) -> ModelDescription:
+        """Load weights onto the chosen device; called once, off the event loop."""
+
+    @abstractmethod
+    def warmup(self) -> None:
+        """Run representative batches so later requests hit warm kernels and allocators."""
+
+    @abstractmethod
+    def estimate_tokens(self, item: Any) -> int:
+        """Cheap token estimate of one item (no tokenizer), capped at the model's max input tokens."""
+
+    @abstractmethod
+    def preprocess(self, items: list[Any]) -> Prepared:
+        """Tokenize a batch (CPU)."""
+
+    @abstractmethod
+    def forward(self, prepared: Prepared) -> Any:
+        """Run the model on a prepared batch (device)."""
+
+    @abstractmethod
+    def postprocess(self, prepared: Prepared, output: Any) -> list[Any]:
+        """Split a batch output into one result per item, in order."""

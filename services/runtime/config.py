@@ -1,0 +1,53 @@
+"""Settings shared by every worker process; each worker subclasses them with its own env prefix."""
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WorkerSettings(BaseSettings):
+    """Process-level settings of any worker. Fields read `TORCHGATE_<WORKER>_<FIELD>` unless aliased."""
+
+    model_config = SettingsConfigDict(env_prefix="TORCHGATE_", extra="ignore", populate_by_name=True)
+
+    host: str = Field("127.0.0.1", description="Interface the gRPC server binds (0.0.0.0 in containers).")
+    port: int = Field(0, description="gRPC port (0 picks a free one).")
+    metrics_port: int = Field(0, description="Prometheus /metrics HTTP port; 0 disables it.")
+    grace_period_s: float = Field(10.0, description="On SIGTERM, how long in-flight requests may take.")
+    log_level: str = Field(
+        "INFO", validation_alias=AliasChoices("TORCHGATE_LOG_LEVEL", "log_level"), description="Log level."
+    )
+    log_format: str = Field(
+        "json",
+        validation_alias=AliasChoices("TORCHGATE_LOG_FORMAT", "log_format"),
+        description="`json` (one object a line) or `text`.",
+    )
+    require_gpu: bool = Field(
+        False,
+        validation_alias=AliasChoices("TORCHGATE_REQUIRE_GPU", "require_gpu"),
+        description="Exit non-zero at start when no CUDA device is usable.",
+    )
+    otlp_endpoint: str = Field(
+        "",
+        validation_alias=AliasChoices("TORCHGATE_OTLP_ENDPOINT", "otlp_endpoint"),
+        description="OTLP/gRPC collector for traces (e.g. http://127.0.0.1:4317); empty disables tracing.",
+    )
+
+
+class ModelWorkerSettings(WorkerSettings):
+    """Settings of a worker that serves a model through the dynamic batcher."""
+
+    model: str = Field(description="Model id (bundled, Hugging Face cache) or local directory.")
+    device: str = Field("auto", description="`auto` (CUDA when usable, else CPU), `cpu`, `cuda` or `cuda:N`.")
+    dtype: str = Field("auto", description="`auto` (fp16 on CUDA, fp32 on CPU), `float32`, `float16`, `bfloat16`.")
+    max_batch_size: int = Field(32, ge=1, description="Most inputs in one forward pass.")
+    max_batch_tokens: int = Field(
+        4096, ge=16, description="Most padded tokens (inputs x longest input) in one forward pass."
+    )
+    max_wait_ms: float = Field(
+        2.0, ge=0, description="How long a non-full batch waits for more inputs when the model is idle."
+    )
+    max_queue_items: int = Field(
+        4096, ge=1, description="Inputs waiting in the queue before new requests get RESOURCE_EXHAUSTED."
+    )
+    max_items_per_request: int = Field(256, ge=1, description="Most inputs in one request.")
+    max_chars_per_item: int = Field(16384, ge=1, description="Most characters in one input text.")

@@ -1,0 +1,29 @@
+"""Request validation shared by the model workers; every message says what to fix."""
+
+from services.runtime.errors import InvalidInput
+
+
+def validate_texts(texts: list[str], max_items: int, max_chars: int, field: str = "texts") -> None:
+    """Non-empty list of non-blank strings within the count and length limits."""
+    if not texts:
+        raise InvalidInput(f"{field} must contain at least one text")
+    if len(texts) > max_items:
+        raise InvalidInput(
+            f"{field} has {len(texts)} items; at most {max_items} are allowed per request: split the request"
+        )
+    for index, text in enumerate(texts):
+        validate_text(text, max_chars, f"{field}[{index}]")
+
+
+def validate_text(text: str, max_chars: int, field: str) -> None:
+    """One non-blank string within the length limit."""
+    if not text.strip():
+        raise InvalidInput(f"{field} is empty: send non-empty text")
+    if len(text) > max_chars:
+        raise InvalidInput(f"{field} has {len(text)} characters; the limit is {max_chars}: shorten it")
+
+
+def validate_model_name(requested: str, served: str) -> None:
+    """An empty name means the served model; anything else must name it (full id or last path part)."""
+    if requested and requested not in (served, served.rsplit("/", 1)[-1]):
+        raise InvalidInput(f"model {requested!r} is not served here; this worker serves {served!r}")

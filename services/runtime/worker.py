@@ -1,0 +1,126 @@
+"""Server bootstrap shared by every worker: gRPC server, health, reflection, metrics, drain."""
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from services.runtime.config import WorkerSettings
+from services.runtime.device import require_gpu_or_exit
+from services.runtime.interceptors import StatusInterceptor
+from services.runtime.servicer import WorkerServicer
+from torchgate.logs import configure_logging
+from torchgate.telemetry import configure_tracing
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+# Accept the gateway's keepalive pings (it pings idle channels to notice dead workers quickly).
+SERVER_OPTIONS = [
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+]
+
+S = TypeVar("S", bound=WorkerSettings)
+
+
+class Worker:
+    """One gRPC server around one servicer; NOT_SERVING until the servicer has loaded."""
+
+    def __init__(self, servicer: WorkerServicer, settings: WorkerSettings, tracing: bool = False):
+        self.servicer = servicer
+        self.settings = settings
+        self.service_name = servicer.SERVICE.full_name
+        interceptors: list = [StatusInterceptor()]
+        if tracing:
+            from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+            interceptors.insert(0, aio_server_interceptor())
+        self.server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
+        self.health = HealthServicer()
+        self.loading: asyncio.Task | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        """Bind, start serving health and reflection, and begin loading; returns the bound port."""
+        self.servicer.add_to_server(self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (self.service_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
+            self.server,
+        )
+        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        for name in ("", self.service_name):
+            await self.health.set(name, NOT_SERVING)
+        await self.server.start()
+        if self.settings.metrics_port:
+            start_http_server(self.settings.metrics_port, addr=self.settings.host)
+        log.info("listening", extra={"service": self.service_name, "port": self.port})
+        self.loading = asyncio.create_task(self._load())
+        return self.port
+
+    async def _load(self) -> None:
+        started = time.perf_counter()
+        await self.servicer.load()
+        for name in ("", self.service_name):
+            await self.health.set(name, SERVING)
+        log.info("serving", extra={"service": self.service_name, "startup_s": round(time.perf_counter() - started, 2)})
+
+    async def wait_serving(self) -> None:
+        """Wait until loading finished; raises what loading raised."""
+        await self.loading
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: NOT_SERVING, refuse new calls, let in-flight ones finish within `grace`, stop."""
+        grace = self.settings.grace_period_s if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        if self.loading and not self.loading.done():
+            self.loading.cancel()
+        await self.server.stop(grace)
+        await self.servicer.drain(grace)
+
+
+def run_worker(build: Callable[[S], WorkerServicer], settings_class: type[S]) -> None:
+    """Entry point of a worker process: configure, serve until SIGTERM/SIGINT, drain, exit."""
+    settings = settings_class()
+    configure_logging(settings.log_level, settings.log_format)
+    # Weights come from disk only; a hub lookup would hang or fail without the network.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    require_gpu_or_exit(settings.require_gpu)
+    tracing = configure_tracing(settings_class.__name__, settings.otlp_endpoint)
+    sys.exit(asyncio.run(_serve(build(settings), settings, tracing)))
+
+
+async def _serve(servicer: WorkerServicer, settings: WorkerSettings, tracing: bool) -> int:
+    worker = Worker(servicer, settings, tracing)
+    await worker.start()
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop_requested.set)
+    stopping = asyncio.create_task(stop_requested.wait())
+    await asyncio.wait({worker.loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if worker.loading.done() and not worker.loading.cancelled() and worker.loading.exception():
+        log.error("start-up failed: %s", worker.loading.exception(), exc_info=worker.loading.exception())
+        await worker.stop(0)
+        return 1
+    await stopping
+    log.info("draining", extra={"grace_s": settings.grace_period_s})
+    await worker.stop()
+    log.info("stopped")
+    return 0
