@@ -8,6 +8,7 @@ while the previous batch runs on the device thread, and hands each result back t
 """
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -107,7 +108,8 @@ class DynamicBatcher:
 
     async def start(self) -> None:
         self._arrived = asyncio.Event()
-        self._ready: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1)
+        self._ready: asyncio.Queue[_Batch] = asyncio.Queue()
+        self._prepared_slot = asyncio.Semaphore(1)
         self._tasks = [asyncio.create_task(self._assemble_loop()), asyncio.create_task(self._execute_loop())]
         self._accepting = True
 
@@ -135,7 +137,7 @@ class DynamicBatcher:
         self._accepting = False
         loop = asyncio.get_running_loop()
         give_up = loop.time() + timeout
-        while (self._pending or self._in_flight) and loop.time() < give_up:
+        while (self._pending or self._in_flight) and loop.time() < give_up:  # noqa: ASYNC110 - once per process
             await asyncio.sleep(0.01)
         for item in self._pending:
             item.request.fail(Unavailable("the worker shut down before this request ran; retry"))
@@ -149,10 +151,10 @@ class DynamicBatcher:
     async def _assemble_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            # One batch prepared ahead of the device, no more: a later batch forms from a fuller queue.
+            await self._prepared_slot.acquire()
             await self._wait_for_items()
             items = self._take_batch()
-            if not items:
-                continue
             started = time.perf_counter()
             try:
                 prepared = await loop.run_in_executor(
@@ -161,13 +163,16 @@ class DynamicBatcher:
             except Exception:
                 log.exception("preprocess failed for a batch of %d inputs", len(items))
                 self._fail_batch(items)
+                self._in_flight -= 1
+                self._prepared_slot.release()
                 continue
-            await self._ready.put(_Batch(items, prepared, started))
+            self._ready.put_nowait(_Batch(items, prepared, started))
 
     async def _execute_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._ready.get()
+            self._prepared_slot.release()
             try:
                 if any(not item.request.future.done() for item in batch.items):
                     results = await loop.run_in_executor(self._device_pool, self._run_model, batch.prepared)
@@ -194,10 +199,8 @@ class DynamicBatcher:
             if len(self._pending) >= self.config.max_batch_size or waited >= max_wait:
                 return
             self._arrived.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), max_wait - waited)
-            except TimeoutError:
-                return
 
     def _drop_dead_items(self) -> None:
         """Forget items of cancelled or failed requests and fail those whose deadline passed."""
@@ -211,10 +214,8 @@ class DynamicBatcher:
             self.metrics.queue_depth.set(len(self._pending))
 
     def _take_batch(self) -> list[_Item]:
-        """Remove and return the next batch: anchored on the least-served request, similar lengths."""
+        """Remove and return the next batch (queue not empty): anchored on the least-served request."""
         pending = self._pending
-        if not pending:
-            return []
         anchor = min(range(len(pending)), key=lambda i: (pending[i].request.scheduled, pending[i].request.seq))
         order = sorted(range(len(pending)), key=lambda i: pending[i].tokens)
         low = high = order.index(anchor)

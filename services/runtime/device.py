@@ -36,7 +36,7 @@ def select_device(requested: str) -> str:
     if requested.startswith("cuda"):
         index = int(requested.partition(":")[2] or 0)
         if index >= cuda_device_count():
-            raise DeviceError(f"device {requested!r} is not usable: this machine has {cuda_device_count()} CUDA devices")
+            raise DeviceError(f"device {requested!r} is not usable: {cuda_device_count()} CUDA devices are present")
         return requested
     raise DeviceError(f"unknown device {requested!r}: use auto, cpu, cuda or cuda:N")
 

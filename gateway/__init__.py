@@ -1,0 +1,1 @@
+"""The torch-free REST gateway in front of the gRPC workers."""

@@ -1,0 +1,5 @@
+"""`python -m gateway`: the REST gateway."""
+
+from gateway.app import main
+
+main()

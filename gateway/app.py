@@ -1,0 +1,78 @@
+"""The gateway application factory."""
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+
+from gateway.config import GatewaySettings
+from gateway.dependencies import require_api_key
+from gateway.errors import install_error_handlers
+from gateway.middleware import EdgeMiddleware
+from gateway.routes import embeddings, health, models
+from gateway.upstream import Upstream
+from torchgate import __version__
+from torchgate.logs import configure_logging
+from torchgate.telemetry import configure_tracing
+from torchgate.v1 import embedding_pb2, embedding_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+# name -> (gRPC service, stub class); every upstream is built the same way from its settings.
+UPSTREAMS = {
+    "embedding": (embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name,
+                  embedding_pb2_grpc.EmbeddingServiceStub),
+}
+
+
+# Routers behind the API key (health and metrics stay open for probes and scrapers).
+API_ROUTERS = (embeddings.router, models.router)
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    """Build the app; upstream channels open in the lifespan, inside the serving event loop."""
+    settings = settings or GatewaySettings()
+    tracing = configure_tracing("torchgate-gateway", settings.otlp_endpoint)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        interceptors = None
+        if tracing:
+            from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+            interceptors = aio_client_interceptors()
+        app.state.upstreams = {
+            name: Upstream(name, service, stub, getattr(settings, name), interceptors)
+            for name, (service, stub) in UPSTREAMS.items()
+        }
+        log.info("gateway ready", extra={"upstreams": {n: getattr(settings, n).addresses for n in UPSTREAMS}})
+        yield
+        for client in app.state.upstreams.values():
+            await client.close()
+
+    app = FastAPI(title="Torchgate", version=__version__, lifespan=lifespan,
+                  description="Embeddings, reranking and intent classification over a gRPC mesh of model workers.")
+    app.state.settings = settings
+    app.state.api_keys = tuple(key.strip().encode() for key in settings.api_keys.split(",") if key.strip())
+    install_error_handlers(app)
+    for router in API_ROUTERS:
+        app.include_router(router, dependencies=[Depends(require_api_key)])
+    app.include_router(health.router)
+    routes = frozenset(route.path for router in (*API_ROUTERS, health.router) for route in router.routes)
+    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes, routes=routes)
+    if tracing:
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(app)
+    return app
+
+
+def main() -> None:
+    """`python -m gateway`: serve the REST API with uvicorn."""
+    import uvicorn
+
+    settings = GatewaySettings()
+    configure_logging(settings.log_level)
+    uvicorn.run("gateway.app:create_app", factory=True, host=settings.host, port=settings.port,
+                workers=settings.workers, loop="uvloop", log_level=settings.log_level.lower(),
+                access_log=False, timeout_graceful_shutdown=10)

@@ -1,0 +1,35 @@
+"""Gateway settings: TORCHGATE_GATEWAY_*; per upstream TORCHGATE_GATEWAY_<UPSTREAM>__<FIELD>."""
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class UpstreamSettings(BaseModel):
+    """How the gateway talks to one worker service (all replicas of it)."""
+
+    addresses: str = Field(description="Comma-separated IP:port replicas, or one DNS name:port (headless Service).")
+    timeout_s: float = Field(30.0, gt=0, description="Default request deadline (X-Request-Timeout overrides).")
+    breaker_fail_max: int = Field(5, ge=1, description="Consecutive failures that open the circuit breaker.")
+    breaker_reset_s: float = Field(60.0, gt=0, description="How long the breaker stays open before a trial call.")
+    max_concurrency: int = Field(512, ge=1, description="Requests in flight before new ones get 429.")
+    retry_attempts: int = Field(3, ge=2, le=5, description="gRPC attempts for UNAVAILABLE (first call included).")
+
+
+class EmbeddingUpstream(UpstreamSettings):
+    addresses: str = "127.0.0.1:50052"
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TORCHGATE_GATEWAY_", env_nested_delimiter="__", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Interface the REST server binds.")
+    port: int = Field(8000, description="REST port.")
+    workers: int = Field(1, ge=1, description="Gateway processes (uvicorn workers) for many-core hosts.")
+    api_keys: str = Field(
+        "", description="Comma-separated API keys; when set, /v1 and /api need `Authorization: Bearer <key>`."
+    )
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Larger request bodies get 413.")
+    health_timeout_s: float = Field(1.0, gt=0, description="Deadline of each upstream health probe in /health/ready.")
+    log_level: str = Field("INFO", description="Log level.")
+    otlp_endpoint: str = Field("", description="OTLP/gRPC collector for traces; empty disables tracing.")
+    embedding: EmbeddingUpstream = Field(default_factory=EmbeddingUpstream, description="Embedding upstream.")

@@ -1,0 +1,42 @@
+"""Request-scoped helpers shared by the routes: upstream lookup, deadline, API key."""
+
+import hmac
+
+from fastapi import Request
+
+from gateway.errors import ApiError
+from gateway.upstream import Upstream
+
+TIMEOUT_HEADER = "X-Request-Timeout"
+
+
+def upstream(request: Request, name: str) -> Upstream:
+    """The named upstream client, or 503 when this gateway was started without it."""
+    client = request.app.state.upstreams.get(name)
+    if client is None:
+        raise ApiError(503, "upstream_unavailable", f"the {name} service is not configured on this gateway", name)
+    return client
+
+
+def request_timeout(request: Request, client: Upstream) -> float:
+    """The request's deadline in seconds: the X-Request-Timeout header, else the upstream's default."""
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return client.settings.timeout_s
+    try:
+        timeout = float(raw)
+    except ValueError:
+        timeout = -1.0
+    if not 0 < timeout <= 600:
+        raise ApiError(400, "invalid_request_error", f"{TIMEOUT_HEADER} must be a number of seconds in (0, 600]")
+    return timeout
+
+
+async def require_api_key(request: Request) -> None:
+    """When API keys are configured, accept only `Authorization: Bearer <one of them>`."""
+    keys: tuple[bytes, ...] = request.app.state.api_keys
+    if not keys:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.encode(), key) for key in keys):
+        raise ApiError(401, "authentication_error", "missing or invalid API key: send Authorization: Bearer <key>")

@@ -1,0 +1,1 @@
+"""REST routes; each module exposes `router`."""

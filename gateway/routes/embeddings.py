@@ -1,0 +1,56 @@
+"""POST /v1/embeddings, OpenAI-compatible."""
+
+import base64
+from typing import Literal
+
+import numpy as np
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.dependencies import request_timeout, upstream
+from gateway.responses import JSONResponse
+from torchgate.v1 import embedding_pb2
+
+router = APIRouter()
+
+
+class EmbeddingsRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    input: str | list[str] = Field(description="A text or a list of texts.")
+    model: str | None = Field(None, description="The served model id (or its last path part); empty for the default.")
+    encoding_format: Literal["float", "base64"] = Field("float", description="base64: little-endian float32.")
+    dimensions: int | None = Field(None, ge=1, description="Keep only the first N dimensions (then re-normalize).")
+    user: str | None = Field(None, description="Accepted for OpenAI compatibility; unused.")
+    truncate: bool = Field(True, description="Cut texts longer than the model's limit; false makes them a 400.")
+
+
+@router.post("/v1/embeddings", response_class=JSONResponse)
+async def create_embeddings(body: EmbeddingsRequest, request: Request):
+    client = upstream(request, "embedding")
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    reply = await client.call(
+        "Embed",
+        embedding_pb2.EmbedRequest(texts=texts, normalize=True, truncate=body.truncate,
+                                   dimensions=body.dimensions or 0, model=body.model or ""),
+        request_timeout(request, client),
+    )
+    return JSONResponse({
+        "object": "list",
+        "data": _vectors(reply, body.encoding_format),
+        "model": reply.model,
+        "usage": {"prompt_tokens": reply.usage.prompt_tokens, "total_tokens": reply.usage.total_tokens},
+    })
+
+
+def _vectors(reply: embedding_pb2.EmbedResponse, encoding_format: str) -> list[dict]:
+    """One OpenAI embedding object per row, straight from the packed float32 bytes."""
+    if encoding_format == "base64":
+        packed, row_bytes = memoryview(reply.embeddings), reply.dimension * 4
+        return [
+            {"object": "embedding", "index": i,
+             "embedding": base64.b64encode(packed[i * row_bytes:(i + 1) * row_bytes]).decode("ascii")}
+            for i in range(reply.count)
+        ]
+    matrix = np.frombuffer(reply.embeddings, dtype="<f4").reshape(reply.count, reply.dimension)
+    return [{"object": "embedding", "index": i, "embedding": matrix[i]} for i in range(reply.count)]

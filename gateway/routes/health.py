@@ -1,0 +1,36 @@
+"""Liveness, readiness (per upstream) and Prometheus metrics."""
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+
+from gateway.responses import JSONResponse
+
+router = APIRouter()
+
+
+@router.get("/health/live", response_class=JSONResponse)
+async def live():
+    return JSONResponse({"status": "live"})
+
+
+@router.get("/health/ready", response_class=JSONResponse)
+async def ready(request: Request):
+    """200 when every configured upstream is SERVING, else 503; always with each upstream's details."""
+    upstreams = request.app.state.upstreams
+    timeout = request.app.state.settings.health_timeout_s
+    probes = await asyncio.gather(*(client.probe(timeout) for client in upstreams.values()))
+    details = dict(zip(upstreams, probes, strict=True))
+    is_ready = all(probe["status"] == "SERVING" for probe in probes)
+    return JSONResponse(
+        {"status": "ready" if is_ready else "not_ready", "upstreams": details},
+        status_code=200 if is_ready else 503,
+        headers=None if is_ready else {"Retry-After": "1"},
+    )
+
+
+@router.get("/metrics")
+async def metrics():
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,38 @@
+"""GET /v1/models: what every reachable model worker serves."""
+
+import asyncio
+
+from fastapi import APIRouter, Request
+
+from gateway.errors import ApiError
+from gateway.responses import JSONResponse
+from torchgate.v1 import common_pb2
+
+router = APIRouter()
+
+# Upstreams that serve a model, and the task each one does.
+MODEL_TASKS = {"embedding": "embedding"}
+
+
+@router.get("/v1/models", response_class=JSONResponse)
+async def list_models(request: Request):
+    upstreams = request.app.state.upstreams
+    names = [name for name in MODEL_TASKS if name in upstreams]
+    infos = await asyncio.gather(
+        *(upstreams[name].call("Info", common_pb2.InfoRequest(), timeout=2.0) for name in names),
+        return_exceptions=True,
+    )
+    data = [
+        {
+            "id": info.model_id, "object": "model", "created": 0, "owned_by": "torchgate",
+            "task": MODEL_TASKS[name], "device": info.device, "dtype": info.dtype,
+            "max_input_tokens": info.max_input_tokens, "dimension": info.dimension or None,
+            "labels": list(info.labels) or None, "fallback": info.fallback_reason or None,
+        }
+        for name, info in zip(names, infos, strict=True)
+        if not isinstance(info, BaseException)
+    ]
+    unexpected = [info for info in infos if isinstance(info, BaseException) and not isinstance(info, ApiError)]
+    if unexpected:
+        raise unexpected[0]
+    return JSONResponse({"object": "list", "data": data})

@@ -1,0 +1,46 @@
+# Sourced by start.sh, stop.sh and health.sh: what the local mesh is made of and where it runs.
+# shellcheck shell=bash
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
+
+RUN_DIR=${TORCHGATE_RUN_DIR:-.run}
+PYTHON=${TORCHGATE_PYTHON:-.venv/bin/python}
+[ -x "$PYTHON" ] || PYTHON=python3
+
+# Worker name -> default gRPC port and gRPC service; start order is this order.
+WORKERS=(embedding)
+declare -A DEFAULT_PORT=([gpu]=50051 [embedding]=50052 [reranking]=50053 [classifier]=50054)
+declare -A SERVICE=(
+  [gpu]=torchgate.v1.GpuService
+  [embedding]=torchgate.v1.EmbeddingService
+  [reranking]=torchgate.v1.RerankingService
+  [classifier]=torchgate.v1.ClassifierService
+)
+
+worker_port() {
+  local var="TORCHGATE_${1^^}_PORT"
+  echo "${!var:-${DEFAULT_PORT[$1]}}"
+}
+worker_host() {
+  local var="TORCHGATE_${1^^}_HOST"
+  echo "${!var:-127.0.0.1}"
+}
+gateway_url() { echo "http://${TORCHGATE_GATEWAY_HOST:-127.0.0.1}:${TORCHGATE_GATEWAY_PORT:-8000}"; }
+
+pid_alive() { [ -f "$RUN_DIR/$1.pid" ] && kill -0 "$(cat "$RUN_DIR/$1.pid")" 2>/dev/null; }
+
+worker_status() {
+  "$PYTHON" -m torchgate.health_probe "$(worker_host "$1"):$(worker_port "$1")" "${SERVICE[$1]}" --timeout 2
+}
+
+gateway_ready() {
+  "$PYTHON" - "$(gateway_url)/health/ready" <<'PY'
+import sys, urllib.request, urllib.error
+try:
+    urllib.request.urlopen(sys.argv[1], timeout=3)
+    print("ready")
+except urllib.error.HTTPError:
+    print("not_ready"); sys.exit(1)
+except OSError:
+    print("unreachable"); sys.exit(1)
+PY
+}

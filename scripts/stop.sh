@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Drain and stop the mesh: gateway first, then the workers; SIGTERM, wait, then SIGKILL stragglers.
+# Idempotent: stopping a stopped mesh succeeds. Usage: scripts/stop.sh [--compose]
+set -uo pipefail
+source "$(dirname "$0")/mesh.sh"
+
+if [ "${1:-}" = "--compose" ]; then
+  exec docker compose -f ops/docker/docker-compose.yml down
+fi
+
+STOP_TIMEOUT=${TORCHGATE_STOP_TIMEOUT:-20}
+
+stop_one() {
+  local name=$1 pid_file="$RUN_DIR/$1.pid"
+  [ -f "$pid_file" ] || return 0
+  local pid
+  pid=$(cat "$pid_file")
+  if kill -TERM "$pid" 2>/dev/null; then
+    local deadline=$((SECONDS + STOP_TIMEOUT))
+    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "$name did not drain within ${STOP_TIMEOUT}s; killing it"
+      kill -KILL "$pid" 2>/dev/null
+    fi
+    echo "$name stopped"
+  fi
+  rm -f "$pid_file"
+}
+
+for ((i = ${#WORKERS[@]}; i >= 0; i--)); do
+  if ((i == ${#WORKERS[@]})); then stop_one gateway; else stop_one "${WORKERS[$i]}"; fi
+done

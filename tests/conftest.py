@@ -1,0 +1,17 @@
+"""Markers come from the folder a test lives in; see pyproject's marker list."""
+
+from pathlib import Path
+
+import pytest
+
+_FOLDER_MARKERS = {"unit": pytest.mark.unit, "integration": pytest.mark.integration, "e2e": pytest.mark.e2e}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        parts = Path(item.fspath).parts
+        for folder, marker in _FOLDER_MARKERS.items():
+            if folder in parts:
+                item.add_marker(marker)
+        if "e2e" in parts:
+            item.add_marker(pytest.mark.slow)

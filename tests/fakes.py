@@ -1,0 +1,54 @@
+"""A deterministic model adapter for tests of the batcher and the gateway (no torch, no weights)."""
+
+import hashlib
+import threading
+
+import numpy as np
+
+from services.runtime.adapter import ModelAdapter, ModelDescription, Prepared
+
+FAIL_TEXT = "raise in forward"
+
+
+class FakeAdapter(ModelAdapter):
+    """Vectors derived from a hash of each text; records every batch it was given."""
+
+    def __init__(self, dimension: int = 8, max_tokens: int = 64):
+        self.dimension = dimension
+        self.max_tokens = max_tokens
+        self.preprocessed: list[list[str]] = []
+        self.forwarded: list[list[str]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def load(self) -> ModelDescription:
+        return ModelDescription(model_id="test/fake-model", model_path="/nowhere", device="cpu", dtype="float32",
+                                max_input_tokens=self.max_tokens, dimension=self.dimension)
+
+    def warmup(self) -> None:
+        pass
+
+    def estimate_tokens(self, text: str) -> int:
+        return min(len(text.split()) + 2, self.max_tokens)
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return [len(text.split()) + 2 for text in texts]
+
+    def preprocess(self, texts: list[str]) -> Prepared:
+        self.preprocessed.append(list(texts))
+        return Prepared(list(texts), [min(len(t.split()) + 2, self.max_tokens) for t in texts])
+
+    def forward(self, prepared: Prepared) -> np.ndarray:
+        self.gate.wait(10)
+        self.forwarded.append(list(prepared.features))
+        if FAIL_TEXT in prepared.features:
+            raise RuntimeError("simulated device failure")
+        return np.stack([vector_for(text, self.dimension) for text in prepared.features])
+
+    def postprocess(self, prepared: Prepared, output: np.ndarray) -> list[np.ndarray]:
+        return list(output)
+
+
+def vector_for(text: str, dimension: int) -> np.ndarray:
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+    return np.random.default_rng(seed).standard_normal(dimension).astype(np.float32)

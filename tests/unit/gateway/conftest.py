@@ -1,0 +1,43 @@
+"""A real worker runtime and servicer over the fake adapter, and the gateway app in front of it."""
+
+import socket
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+
+from gateway.app import create_app
+from gateway.config import EmbeddingUpstream, GatewaySettings
+from services.embedding.servicer import EmbeddingServicer
+from services.embedding.settings import EmbeddingSettings
+from services.runtime.worker import Worker
+from tests.fakes import FakeAdapter
+
+
+@pytest.fixture
+async def fake_embedding_worker():
+    settings = EmbeddingSettings(port=0, metrics_port=0, max_items_per_request=16, grace_period_s=1)
+    worker = Worker(EmbeddingServicer(FakeAdapter(), settings), settings)
+    await worker.start()
+    await worker.wait_serving()
+    yield worker
+    await worker.stop(0)
+
+
+def unused_address() -> str:
+    """A loopback address nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+@asynccontextmanager
+async def gateway_client(addresses: str, api_keys: str = "", max_body_bytes: int = 8 * 1024 * 1024, **upstream):
+    settings = GatewaySettings(embedding=EmbeddingUpstream(addresses=addresses, **upstream), api_keys=api_keys,
+                               max_body_bytes=max_body_bytes)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            client.app = app
+            yield client

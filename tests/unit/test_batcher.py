@@ -1,0 +1,134 @@
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from services.runtime.batcher import BatchingConfig, DynamicBatcher
+from services.runtime.errors import DeadlineExpired, Overloaded, Unavailable, WorkerError
+from tests.fakes import FAIL_TEXT, FakeAdapter, vector_for
+
+
+async def started(adapter, **limits) -> DynamicBatcher:
+    batcher = DynamicBatcher(adapter, BatchingConfig(**{"max_wait_ms": 5, **limits}))
+    await batcher.start()
+    return batcher
+
+
+async def test_concurrent_single_requests_share_forward_passes_and_get_their_own_results():
+    adapter = FakeAdapter()
+    batcher = await started(adapter, max_batch_size=8)
+    texts = [f"text number {i}" for i in range(32)]
+    outcomes = await asyncio.gather(*(batcher.submit([text]) for text in texts))
+    assert len(adapter.forwarded) < len(texts)
+    for text, outcome in zip(texts, outcomes, strict=True):
+        np.testing.assert_array_equal(outcome.results[0], vector_for(text, adapter.dimension))
+        assert outcome.token_counts == [len(text.split()) + 2]
+    await batcher.close(1)
+
+
+async def test_a_multi_item_request_gets_results_in_input_order():
+    adapter = FakeAdapter()
+    batcher = await started(adapter, max_batch_size=4)
+    texts = [("word " * n).strip() for n in (9, 1, 30, 4, 17, 2, 11)]
+    outcome = await batcher.submit(texts)
+    for text, result in zip(texts, outcome.results, strict=True):
+        np.testing.assert_array_equal(result, vector_for(text, adapter.dimension))
+    await batcher.close(1)
+
+
+async def test_batches_respect_size_and_padded_token_limits():
+    adapter = FakeAdapter()
+    batcher = await started(adapter, max_batch_size=5, max_batch_tokens=60)
+    texts = [("w " * n).strip() for n in range(1, 40)]
+    await asyncio.gather(*(batcher.submit([text]) for text in texts))
+    for batch in adapter.forwarded:
+        assert len(batch) <= 5
+        padded = max(adapter.estimate_tokens(t) for t in batch) * len(batch)
+        assert padded <= 60 or len(batch) == 1
+    assert sorted(t for batch in adapter.forwarded for t in batch) == sorted(texts)
+    await batcher.close(1)
+
+
+async def test_a_cancelled_request_is_never_tokenized_or_forwarded():
+    adapter = FakeAdapter()
+    batcher = await started(adapter, max_batch_size=1)
+    adapter.gate.clear()
+    first = asyncio.create_task(batcher.submit(["occupies the device"]))
+    second = asyncio.create_task(batcher.submit(["is tokenized while the device is busy"]))
+    doomed = asyncio.create_task(batcher.submit(["cancelled while queued"]))
+    await asyncio.sleep(0.1)
+    doomed.cancel()
+    await asyncio.sleep(0.05)
+    adapter.gate.set()
+    await asyncio.gather(first, second)
+    assert all("cancelled while queued" not in batch for batch in adapter.preprocessed)
+    assert all("cancelled while queued" not in batch for batch in adapter.forwarded)
+    await batcher.close(1)
+
+
+async def test_an_expired_request_fails_with_deadline_exceeded_and_is_never_forwarded():
+    adapter = FakeAdapter()
+    batcher = await started(adapter, max_batch_size=1)
+    adapter.gate.clear()
+    blocker = asyncio.create_task(batcher.submit(["occupies the device"]))
+    queued = asyncio.create_task(batcher.submit(["second in line"]))
+    await asyncio.sleep(0.05)
+    expired = asyncio.create_task(batcher.submit(["too late"], deadline=time.monotonic() + 0.05))
+    await asyncio.sleep(0.2)
+    adapter.gate.set()
+    with pytest.raises(DeadlineExpired):
+        await expired
+    await asyncio.gather(blocker, queued)
+    assert all("too late" not in batch for batch in adapter.forwarded)
+    await batcher.close(1)
+
+
+async def test_a_full_queue_answers_overloaded_at_once():
+    adapter = FakeAdapter()
+    batcher = await started(adapter, max_batch_size=1, max_queue_items=4)
+    adapter.gate.clear()
+    held = [asyncio.create_task(batcher.submit([f"t{i}"])) for i in range(4)]
+    await asyncio.sleep(0.05)
+    with pytest.raises(Overloaded, match="queue is full"):
+        await batcher.submit(["one", "two", "three", "four"])
+    adapter.gate.set()
+    await asyncio.gather(*held)
+    await batcher.close(1)
+
+
+async def test_a_failing_forward_pass_fails_only_the_requests_in_its_batch():
+    adapter = FakeAdapter()
+    batcher = await started(adapter, max_batch_size=1)
+    results = await asyncio.gather(
+        batcher.submit(["fine before"]), batcher.submit([FAIL_TEXT]), batcher.submit(["fine after"]),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], WorkerError) and "internal error" in str(results[1])
+    assert not isinstance(results[0], BaseException) and not isinstance(results[2], BaseException)
+    await batcher.close(1)
+
+
+async def test_a_big_request_does_not_starve_a_small_one():
+    adapter = FakeAdapter()
+    batcher = await started(adapter, max_batch_size=4)
+    adapter.gate.clear()
+    big = asyncio.create_task(batcher.submit([f"big {i}" for i in range(64)]))
+    await asyncio.sleep(0.05)
+    small = asyncio.create_task(batcher.submit(["small"]))
+    adapter.gate.set()
+    await small
+    assert not big.done()
+    await big
+    await batcher.close(1)
+
+
+async def test_close_drains_queued_work_then_refuses_new_requests():
+    adapter = FakeAdapter()
+    batcher = await started(adapter, max_batch_size=2)
+    pending = [asyncio.create_task(batcher.submit([f"t{i}"])) for i in range(10)]
+    await asyncio.sleep(0)
+    await asyncio.wait_for(batcher.close(5), 6)
+    assert all(task.done() and not task.exception() for task in pending)
+    with pytest.raises(Unavailable):
+        await batcher.submit(["after close"])

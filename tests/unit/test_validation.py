@@ -1,0 +1,30 @@
+import pytest
+
+from services.runtime.errors import InvalidInput
+from services.runtime.validation import validate_model_name, validate_texts
+
+
+@pytest.mark.parametrize(
+    ("texts", "message"),
+    [
+        ([], "must contain at least one text"),
+        (["ok", "  "], r"texts\[1\] is empty"),
+        (["x"] * 5, "has 5 items; at most 4"),
+        (["ok", "y" * 11], r"texts\[1\] has 11 characters; the limit is 10"),
+    ],
+)
+def test_bad_text_lists_say_what_to_fix(texts, message):
+    with pytest.raises(InvalidInput, match=message):
+        validate_texts(texts, max_items=4, max_chars=10)
+
+
+def test_good_text_lists_pass():
+    validate_texts(["a", "bb"], max_items=4, max_chars=10)
+
+
+def test_model_name_may_be_empty_full_or_short_but_nothing_else():
+    validate_model_name("", "org/model")
+    validate_model_name("org/model", "org/model")
+    validate_model_name("model", "org/model")
+    with pytest.raises(InvalidInput, match="not served here"):
+        validate_model_name("other", "org/model")
