@@ -1,0 +1,53 @@
+import base64
+import os
+import signal
+import subprocess
+import time
+
+import httpx
+import numpy as np
+from openai import OpenAI
+
+from tests.integration.conftest import grpcurl
+
+
+def test_the_mesh_serves_survives_a_dead_worker_and_stops_cleanly(mesh):
+    with httpx.Client(base_url=mesh.url, timeout=30) as client:
+        as_float = client.post("/v1/embeddings", json={"input": ["hello world", "good night"]})
+        as_base64 = client.post("/v1/embeddings", json={"input": ["hello world", "good night"],
+                                                         "encoding_format": "base64"})
+        assert as_float.status_code == 200 and as_base64.status_code == 200
+        floats = np.array([item["embedding"] for item in as_float.json()["data"]], dtype=np.float32)
+        decoded = np.stack([np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4")
+                            for item in as_base64.json()["data"]])
+        assert floats.shape == (2, 384)
+        np.testing.assert_allclose(floats, decoded, rtol=1e-6)
+
+        sdk = OpenAI(base_url=f"{mesh.url}/v1", api_key="unused")
+        result = sdk.embeddings.create(model="sentence-transformers/all-MiniLM-L6-v2", input=["openai sdk"])
+        assert len(result.data[0].embedding) == 384
+
+        listed = subprocess.run([grpcurl(), "-plaintext", f"127.0.0.1:{mesh.ports['embedding']}", "list"],
+                                capture_output=True, text=True, timeout=30)
+        assert "torchgate.v1.EmbeddingService" in listed.stdout and "grpc.health.v1.Health" in listed.stdout
+
+        healthy = mesh.script("health.sh")
+        assert healthy.returncode == 0 and "SERVING" in healthy.stdout, healthy.stdout
+
+        os.kill(mesh.pid("embedding"), signal.SIGKILL)
+        started = time.monotonic()
+        down = client.post("/v1/embeddings", json={"input": "anyone there?"})
+        assert time.monotonic() - started < 10
+        assert down.status_code == 503 and int(down.headers["Retry-After"]) >= 1
+        assert down.json()["error"]["type"] == "upstream_unavailable"
+        assert "Traceback" not in down.text
+
+        unhealthy = mesh.script("health.sh")
+        assert unhealthy.returncode != 0 and "UNREACHABLE" in unhealthy.stdout
+
+    gateway_pid = mesh.pid("gateway")
+    stopped = mesh.script("stop.sh", timeout=60)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not list(mesh.run_dir.glob("*.pid"))
+    assert subprocess.run(["kill", "-0", str(gateway_pid)], capture_output=True).returncode != 0
+    assert mesh.script("stop.sh").returncode == 0
