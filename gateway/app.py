@@ -72,7 +72,7 @@ def main() -> None:
     import uvicorn
 
     settings = GatewaySettings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     uvicorn.run("gateway.app:create_app", factory=True, host=settings.host, port=settings.port,
                 workers=settings.workers, loop="uvloop", log_level=settings.log_level.lower(),
                 access_log=False, timeout_graceful_shutdown=10)

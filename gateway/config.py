@@ -1,6 +1,6 @@
 """Gateway settings: TORCHGATE_GATEWAY_*; per upstream TORCHGATE_GATEWAY_<UPSTREAM>__<FIELD>."""
 
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -20,7 +20,9 @@ class EmbeddingUpstream(UpstreamSettings):
 
 
 class GatewaySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TORCHGATE_GATEWAY_", env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="TORCHGATE_GATEWAY_", env_nested_delimiter="__", extra="ignore", populate_by_name=True
+    )
 
     host: str = Field("127.0.0.1", description="Interface the REST server binds.")
     port: int = Field(8000, description="REST port.")
@@ -30,6 +32,7 @@ class GatewaySettings(BaseSettings):
     )
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Larger request bodies get 413.")
     health_timeout_s: float = Field(1.0, gt=0, description="Deadline of each upstream health probe in /health/ready.")
-    log_level: str = Field("INFO", description="Log level.")
-    otlp_endpoint: str = Field("", description="OTLP/gRPC collector for traces; empty disables tracing.")
+    log_level: str = Field("INFO", validation_alias=AliasChoices("TORCHGATE_LOG_LEVEL", "log_level"))
+    log_format: str = Field("json", validation_alias=AliasChoices("TORCHGATE_LOG_FORMAT", "log_format"))
+    otlp_endpoint: str = Field("", validation_alias=AliasChoices("TORCHGATE_OTLP_ENDPOINT", "otlp_endpoint"))
     embedding: EmbeddingUpstream = Field(default_factory=EmbeddingUpstream, description="Embedding upstream.")
