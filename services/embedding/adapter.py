@@ -1,4 +1,4 @@
-"""Bi-encoder adapter on sentence-transformers."""
+"""Bi-encoder adapter on sentence-transformers, with packed batches for BERT mean-pooling models."""
 
 import logging
 
@@ -7,6 +7,7 @@ import numpy as np
 from services.runtime.adapter import ModelAdapter, ModelDescription, Prepared
 from services.runtime.device import configure_cpu_threads, select_device, select_dtype
 from services.runtime.models import resolve_model
+from services.runtime.packing import PackedBatch, mean_pool, pack
 
 log = logging.getLogger(__name__)
 
@@ -15,12 +16,19 @@ CHARS_PER_TOKEN = 4
 
 
 class EmbeddingAdapter(ModelAdapter):
-    """Runs a SentenceTransformer's modules directly on batches the runtime prepared."""
+    """Embeds texts with a SentenceTransformer.
 
-    def __init__(self, model_id: str, device: str = "auto", dtype: str = "auto"):
+    BERT encoders followed by mean pooling (MiniLM, BGE, E5, GTE...) run packed (see
+    services/runtime/packing.py); any other model runs through its own modules on padded batches.
+    """
+
+    def __init__(self, model_id: str, device: str = "auto", dtype: str = "auto", cpu_threads: int = 0,
+                 pack_length: int = 256):
         self.model_id = model_id
         self.requested_device = device
         self.requested_dtype = dtype
+        self.cpu_threads = cpu_threads
+        self.pack_length = pack_length
 
     def load(self) -> ModelDescription:
         import torch
@@ -30,35 +38,50 @@ class EmbeddingAdapter(ModelAdapter):
         self.device = select_device(self.requested_device)
         self.dtype = select_dtype(self.device, self.requested_dtype)
         if self.device == "cpu":
-            configure_cpu_threads()
+            configure_cpu_threads(self.cpu_threads)
         self.model = SentenceTransformer(str(path), device=self.device, local_files_only=True)
         self.model.to(self.dtype).eval()
         self.max_tokens = self.model.max_seq_length
         self.dimension = self.model.get_embedding_dimension()
+        self.tokenizer = self.model.tokenizer
+        self.packs_sequences = self._packable()
+        self.normalizes = any(type(module).__name__ == "Normalize" for module in self.model)
         self._pin = self.device.startswith("cuda") and torch.cuda.is_available()
+        log.info("embedding model loaded", extra={"model": self.model_id, "packed_batches": self.packs_sequences})
         return ModelDescription(
             model_id=self.model_id, model_path=str(path), device=self.device,
             dtype=str(self.dtype).removeprefix("torch."), max_input_tokens=self.max_tokens,
             dimension=self.dimension,
         )
 
+    def _packable(self) -> bool:
+        """Packing reproduces Transformer -> mean Pooling (-> Normalize) for BERT encoders only."""
+        names = [type(module).__name__ for module in self.model]
+        if names not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
+            return False
+        pooling = self.model[1].get_config_dict()
+        return pooling.get("pooling_mode") == "mean" and self.model[0].auto_model.config.model_type == "bert"
+
     def warmup(self) -> None:
         for length in (8, 64, self.max_tokens):
-            self._run(["warm " * length] * 4)
-
-    def _run(self, texts: list[str]) -> list[np.ndarray]:
-        prepared = self.preprocess(texts)
-        return self.postprocess(prepared, self.forward(prepared))
+            texts = ["warm " * length] * 4
+            prepared = self.preprocess(texts)
+            self.postprocess(prepared, self.forward(prepared))
 
     def estimate_tokens(self, text: str) -> int:
         return min(len(text) // CHARS_PER_TOKEN + 2, self.max_tokens)
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Exact token counts without truncation (special tokens included)."""
-        encoded = self.model.tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
-        return [len(ids) for ids in encoded]
+        return [len(ids) for ids in self.tokenizer(texts, truncation=False)["input_ids"]]
 
     def preprocess(self, texts: list[str]) -> Prepared:
+        if self.packs_sequences:
+            ids = self.tokenizer(texts, truncation=True, max_length=self.max_tokens)["input_ids"]
+            batch = pack(ids, self.pack_length, self.tokenizer.pad_token_id or 0)
+            if self._pin:
+                batch = batch.map_tensors(lambda tensor: tensor.pin_memory())
+            return Prepared(batch, batch.lengths)
         features = self.model.preprocess(texts)
         token_counts = features["attention_mask"].sum(dim=1).tolist()
         if self._pin:
@@ -68,12 +91,21 @@ class EmbeddingAdapter(ModelAdapter):
     def forward(self, prepared: Prepared) -> np.ndarray:
         import torch
 
-        features = {
-            k: v.to(self.device, non_blocking=True) if hasattr(v, "to") else v
-            for k, v in prepared.features.items()
-        }
         with torch.inference_mode():
-            embeddings = self.model(features)["sentence_embedding"]
+            if self.packs_sequences:
+                batch: PackedBatch = prepared.features.map_tensors(
+                    lambda tensor: tensor.to(self.device, non_blocking=True))
+                hidden = self.model[0].auto_model(
+                    input_ids=batch.input_ids, position_ids=batch.position_ids,
+                    attention_mask=batch.attention_mask, token_type_ids=torch.zeros_like(batch.input_ids),
+                ).last_hidden_state
+                embeddings = mean_pool(hidden, batch)
+                if self.normalizes:
+                    embeddings = torch.nn.functional.normalize(embeddings, dim=-1)
+            else:
+                features = {k: v.to(self.device, non_blocking=True) if hasattr(v, "to") else v
+                            for k, v in prepared.features.items()}
+                embeddings = self.model(features)["sentence_embedding"]
         return embeddings.float().cpu().numpy()
 
     def postprocess(self, prepared: Prepared, output: np.ndarray) -> list[np.ndarray]:

@@ -61,4 +61,6 @@ class EmbeddingServicer(ModelServicer, embedding_pb2_grpc.EmbeddingServiceServic
 
 
 def build(settings: EmbeddingSettings) -> EmbeddingServicer:
-    return EmbeddingServicer(EmbeddingAdapter(settings.model, settings.device, settings.dtype), settings)
+    return EmbeddingServicer(EmbeddingAdapter(
+        settings.model, settings.device, settings.dtype, settings.cpu_threads, settings.pack_length
+    ), settings)

@@ -49,10 +49,15 @@ class ModelAdapter(ABC):
        (no tokenizer): the batcher groups items of similar estimated length and caps each batch's
        padded tokens (`max_batch_tokens`) with it.
 
+    An adapter whose `preprocess` packs inputs end to end (services/runtime/packing.py) sets
+    `packs_sequences`: the batcher then budgets a batch by its summed tokens instead of padded ones.
+
     Items are whatever the servicer submits: a text for embeddings and classification, a
     (query, document) pair for reranking. An exception from `preprocess`, `forward` or `postprocess`
     fails only the requests of that batch (INTERNAL to their callers; the details go to the log).
     """
+
+    packs_sequences: bool = False
 
     @abstractmethod
     def load(self) -> ModelDescription:

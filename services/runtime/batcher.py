@@ -219,27 +219,19 @@ class DynamicBatcher:
         anchor = min(range(len(pending)), key=lambda i: (pending[i].request.scheduled, pending[i].request.seq))
         order = sorted(range(len(pending)), key=lambda i: pending[i].tokens)
         low = high = order.index(anchor)
-        anchor_tokens = pending[anchor].tokens
-        longest, count = anchor_tokens, 1
-        budget, size = self.config.max_batch_tokens, self.config.max_batch_size
-        while count < size:
-            has_left, has_right = low > 0, high + 1 < len(order)
-            if not (has_left or has_right):
-                break
-            right_tokens = pending[order[high + 1]].tokens if has_right else None
-            take_right = has_right and (
-                not has_left or right_tokens - anchor_tokens <= anchor_tokens - pending[order[low - 1]].tokens
-            )
-            if take_right and max(longest, right_tokens) * (count + 1) > budget:
-                take_right = False
-            if not take_right and (not has_left or longest * (count + 1) > budget):
-                break
-            if take_right:
-                high += 1
-                longest = max(longest, right_tokens)
+        anchor_tokens = longest = total = pending[anchor].tokens
+        count = 1
+        while count < self.config.max_batch_size:
+            neighbours = [pos for pos in (low - 1, high + 1) if 0 <= pos < len(order)]
+            neighbours.sort(key=lambda pos: abs(pending[order[pos]].tokens - anchor_tokens))
+            for pos in neighbours:
+                tokens = pending[order[pos]].tokens
+                if self._cost(max(longest, tokens), total + tokens, count + 1) <= self.config.max_batch_tokens:
+                    break
             else:
-                low -= 1
-            count += 1
+                break
+            low, high = min(low, pos), max(high, pos)
+            longest, total, count = max(longest, tokens), total + tokens, count + 1
         chosen = set(order[low : high + 1])
         items = [pending[i] for i in order[low : high + 1]]
         self._pending = [item for i, item in enumerate(pending) if i not in chosen]
@@ -253,8 +245,12 @@ class DynamicBatcher:
         self._in_flight += 1
         self.metrics.queue_depth.set(len(self._pending))
         self.metrics.batch_size.observe(len(items))
-        self.metrics.batch_tokens.observe(longest * len(items))
+        self.metrics.batch_tokens.observe(self._cost(longest, total, count))
         return items
+
+    def _cost(self, longest: int, total: int, count: int) -> int:
+        """Tokens a batch costs the model: summed when the adapter packs inputs, else padded."""
+        return total if self.adapter.packs_sequences else longest * count
 
     def _deliver(self, batch: _Batch, results: list[Any]) -> None:
         elapsed = time.perf_counter() - batch.started

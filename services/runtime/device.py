@@ -56,10 +56,10 @@ def select_dtype(device: str, requested: str):
     return dtype
 
 
-def configure_cpu_threads() -> int:
-    """Give torch's intra-op pool every core this process may run on."""
+def configure_cpu_threads(threads: int = 0) -> int:
+    """Size torch's intra-op pool: `threads`, or every core this process may run on when 0."""
     import torch
 
-    cores = len(os.sched_getaffinity(0))
-    torch.set_num_threads(cores)
-    return cores
+    threads = threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    return threads

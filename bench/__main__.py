@@ -1,0 +1,162 @@
+"""`make bench`: start the mesh, load it from separate processes, print one table, write a JSON report.
+
+For each scenario: (1) the in-process ceiling at its best batch size, (2) direct gRPC to the worker
+(closed-loop Python grpc.aio client), (3) REST through the gateway (wrk, a native client), as
+items/s with p50/p99 latency and the ratios 2/1 and 3/1; plus the gateway hop and every process's RSS.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.corpus import build_corpus
+from bench.scenarios import SCENARIOS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_json(command: list[str], env: dict | None = None, marker: str = "") -> dict:
+    output = subprocess.run(command, capture_output=True, text=True, check=True, env=env, cwd=ROOT).stdout
+    line = [line for line in output.splitlines() if line.startswith(marker) and "{" in line][-1]
+    return json.loads(line[len(marker):])
+
+
+def describe_machine() -> dict:
+    cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
+    memory = re.search(r"MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text())
+    gpu = ""
+    if shutil.which("nvidia-smi"):
+        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True).stdout.strip()
+    return {"cpu": cpu.group(1) if cpu else platform.processor(), "cores": len(os.sched_getaffinity(0)),
+            "memory_gb": round(int(memory.group(1)) / 2**20, 1) if memory else None, "gpu": gpu or None,
+            "python": platform.python_version(), "host": platform.node()}
+
+
+def rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return round(int(re.search(r"VmRSS:\s*(\d+)", status).group(1)) / 1024, 1)
+
+
+class Mesh:
+    """The mesh on free ports, started and stopped by the same scripts users run."""
+
+    def __init__(self, workers: list[str]):
+        self.run_dir = Path(tempfile.mkdtemp(prefix="torchgate-bench-"))
+        self.ports = {name: free_port() for name in [*workers, "gateway"]}
+        self.env = {**os.environ, "TORCHGATE_RUN_DIR": str(self.run_dir), "TORCHGATE_PYTHON": sys.executable,
+                    "TORCHGATE_LOG_LEVEL": "WARNING"}
+        for name, port in self.ports.items():
+            self.env[f"TORCHGATE_{name.upper()}_PORT"] = str(port)
+            self.env[f"TORCHGATE_{name.upper()}_METRICS_PORT"] = "0"
+
+    def __enter__(self):
+        subprocess.run([str(ROOT / "scripts/start.sh")], env=self.env, check=True, cwd=ROOT)
+        return self
+
+    def __exit__(self, *exc):
+        subprocess.run([str(ROOT / "scripts/stop.sh")], env=self.env, cwd=ROOT)
+
+    def rss(self) -> dict[str, float]:
+        return {pid_file.stem: rss_mb(int(pid_file.read_text())) for pid_file in self.run_dir.glob("*.pid")}
+
+
+def rest_load(mesh: Mesh, scenario, concurrency: int, per_call: int, seconds: float, warmup: float) -> dict:
+    bodies = Path(mesh.run_dir, f"bodies-{per_call}.jsonl")
+    bodies.write_bytes(b"\n".join(scenario.rest_bodies(build_corpus(), per_call)) + b"\n")
+    url = f"http://127.0.0.1:{mesh.ports['gateway']}"
+
+    def wrk(duration: float) -> dict:
+        return run_json(["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--timeout", "60s",
+                         "-s", str(ROOT / "bench/wrk.lua"), url, "--", str(bodies), scenario.rest_path],
+                        marker="WRK_JSON ")
+
+    wrk(warmup)
+    return wrk(seconds)
+
+
+def grpc_load(mesh: Mesh, name: str, concurrency: int, per_call: int, seconds: float, warmup: float) -> dict:
+    address = f"127.0.0.1:{mesh.ports[SCENARIOS[name].worker]}"
+    return run_json([sys.executable, "-m", "bench.grpc_load", name, address, str(concurrency), str(per_call),
+                     str(seconds), str(warmup)])
+
+
+def rate(result: dict, per_call: int) -> float:
+    return result["requests"] * per_call / result["duration_s"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per load")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--corpus", type=int, default=1000, help="texts in the in-process ceiling run")
+    args = parser.parse_args()
+    names = args.scenarios.split(",")
+
+    ceilings = {name: run_json([sys.executable, "-m", "bench.inprocess", name, str(args.corpus)]) for name in names}
+    rows = []
+    with Mesh(sorted({SCENARIOS[name].worker for name in names})) as mesh:
+        for name in names:
+            scenario = SCENARIOS[name]
+            for concurrency, per_call in scenario.loads:
+                direct = grpc_load(mesh, name, concurrency, per_call, args.seconds, args.warmup)
+                rest = rest_load(mesh, scenario, concurrency, per_call, args.seconds, args.warmup)
+                ceiling = ceilings[name]["rate"]
+                rows.append({
+                    "scenario": name, "unit": scenario.unit, "concurrency": concurrency, "per_call": per_call,
+                    "in_process_rate": ceiling, "in_process_batch_size": ceilings[name]["batch_size"],
+                    "grpc": {**direct, "rate": rate(direct, per_call), "ratio": rate(direct, per_call) / ceiling},
+                    "rest": {**rest, "rate": rate(rest, per_call), "ratio": rate(rest, per_call) / ceiling},
+                })
+        rss = mesh.rss()
+
+    report = {"machine": describe_machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "seconds_per_load": args.seconds, "rows": rows, "rss_mb": rss}
+    print_table(report)
+    out = ROOT / "bench/results" / f"{time.strftime('%Y%m%d-%H%M%S')}-{platform.node() or 'host'}.json"
+    out.write_text(json.dumps(report, indent=2))
+    print(f"\nreport: {out.relative_to(ROOT)}")
+
+
+def print_table(report: dict) -> None:
+    machine = report["machine"]
+    print(f"\n{machine['cpu']}, {machine['cores']} cores, {machine['memory_gb']} GB, GPU: {machine['gpu'] or 'none'}")
+    cells = f"{'ratio':>6} {'p50':>7} {'p99':>7}"
+    header = f"{'scenario':<9}{'C':>4}{'k':>4} | {'in-proc/s':>9} (bs) | {'gRPC/s':>7} {cells} | {'REST/s':>7} {cells}"
+    print(header)
+    print("-" * len(header))
+    for row in report["rows"]:
+        g, r = row["grpc"], row["rest"]
+        print(f"{row['scenario']:<9}{row['concurrency']:>4}{row['per_call']:>4} | {row['in_process_rate']:>9.1f} "
+              f"({row['in_process_batch_size']:>2}) | {served_cells(g)} | {served_cells(r)}"
+              + (f"  ({r['errors']} REST errors)" if r["errors"] else ""))
+    for row in report["rows"]:
+        if row["concurrency"] == 1 and row["per_call"] == 1:
+            hop = row["rest"]["p50_ms"] - row["grpc"]["p50_ms"]
+            print(f"gateway hop ({row['scenario']}, C=1 k=1, p50 REST - p50 gRPC): {hop:.2f} ms")
+    print("RSS (MB): " + ", ".join(f"{name} {mb}" for name, mb in sorted(report["rss_mb"].items())))
+
+
+def served_cells(result: dict) -> str:
+    return (f"{result['rate']:>7.1f} {result['ratio']:>5.2f}x {result['p50_ms']:>6.1f}ms"
+            f" {result['p99_ms']:>5.0f}ms")
+
+
+if __name__ == "__main__":
+    main()
