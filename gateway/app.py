@@ -74,5 +74,5 @@ def main() -> None:
     settings = GatewaySettings()
     configure_logging(settings.log_level, settings.log_format)
     uvicorn.run("gateway.app:create_app", factory=True, host=settings.host, port=settings.port,
-                workers=settings.workers, loop="uvloop", log_level=settings.log_level.lower(),
+                workers=settings.workers, loop="uvloop", http="httptools", log_level=settings.log_level.lower(),
                 access_log=False, timeout_graceful_shutdown=10)

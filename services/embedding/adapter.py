@@ -23,7 +23,7 @@ class EmbeddingAdapter(ModelAdapter):
     """
 
     def __init__(self, model_id: str, device: str = "auto", dtype: str = "auto", cpu_threads: int = 0,
-                 pack_length: int = 256):
+                 pack_length: int = 128):
         self.model_id = model_id
         self.requested_device = device
         self.requested_dtype = dtype

@@ -38,13 +38,14 @@ class ModelAdapter(ABC):
     2. `warmup()` once after loading: run the shapes traffic will use, so the first real request does
        not pay for lazy initialisation (CUDA kernels, allocator pools). Health turns SERVING only
        after it succeeds.
-    3. Per batch, in this order and on two different threads so that consecutive batches overlap:
-       - `preprocess(items)` on the tokenizer thread: CPU work only (tokenize, pad, pin memory).
-         Returns a `Prepared` with the features and each item's real token count.
-       - `forward(prepared)` on the device thread, one batch at a time per model: the model call
-         under `torch.inference_mode()`, ending with the single host copy of the result.
-       - `postprocess(prepared, output)` on the device thread right after `forward`: split the output
-         into one result per item, in input order (numpy arrays or plain Python values).
+    3. Per batch, in this order, on the worker's device thread (one batch at a time per model; the
+       event loop stays free for requests):
+       - `preprocess(items)`: CPU work only (tokenize, pad or pack, pin memory). Returns a `Prepared`
+         with the features and each item's real token count.
+       - `forward(prepared)`: the model call under `torch.inference_mode()`, ending with the single
+         host copy of the result (the one synchronisation per batch on CUDA).
+       - `postprocess(prepared, output)`: split the output into one result per item, in input order
+         (numpy arrays or plain Python values).
     4. `estimate_tokens(item)` is called on the event loop for every queued item, so it must be cheap
        (no tokenizer): the batcher groups items of similar estimated length and caps each batch's
        padded tokens (`max_batch_tokens`) with it.

@@ -1,10 +1,16 @@
 """Dynamic batching: many concurrent requests, few forward passes, little padding.
 
-Requests are split into items (one text or pair each) that wait in one queue. When the model can
-take another batch, the batcher anchors it on the item of the least-served request (so a big
-request cannot starve small ones), adds the queued items closest to it in estimated length up to
-`max_batch_size` items and `max_batch_tokens` padded tokens, tokenizes it on the tokenizer thread
-while the previous batch runs on the device thread, and hands each result back to its caller.
+Requests are split into items (one text or pair each) that wait in one queue. Whenever the device is
+free, the batcher anchors the next batch on the item of the least-served request (so a big request
+cannot starve small ones), adds the queued items closest to it in estimated length up to
+`max_batch_size` items and `max_batch_tokens` tokens, and tokenizes and runs it on the device thread.
+The next batch starts as soon as the device finishes, before the finished batch's callers are
+answered on the event loop, so replies never hold the device up.
+
+Measured on 2 CPU cores with 32 concurrent single-text callers: preparing the next batch on a
+tokenizer thread during the forward pass cut the average batch from 19 to 11 inputs and throughput
+by 8%, while tokenizing (Rust fast tokenizers) costs about 1% of a batch's time; so batches form when
+the device frees up and are tokenized on the device thread.
 """
 
 import asyncio
@@ -27,9 +33,9 @@ log = logging.getLogger(__name__)
 class BatchingConfig:
     """Batching limits; see ModelWorkerSettings for what each one means and its measured default."""
 
-    max_batch_size: int = 32
+    max_batch_size: int = 64
     max_batch_tokens: int = 4096
-    max_wait_ms: float = 2.0
+    max_wait_ms: float = 0.0
     max_queue_items: int = 4096
 
 
@@ -80,13 +86,6 @@ class _Item:
     tokens: int
 
 
-@dataclass(slots=True)
-class _Batch:
-    items: list[_Item]
-    prepared: Prepared
-    started: float
-
-
 class DynamicBatcher:
     """One per loaded model: a bounded queue in front of a tokenizer thread and a device thread."""
 
@@ -99,7 +98,6 @@ class DynamicBatcher:
         self._seq = itertools.count()
         self._accepting = False
         self._tasks: list[asyncio.Task] = []
-        self._tokenize_pool = ThreadPoolExecutor(1, thread_name_prefix="tokenize")
         self._device_pool = ThreadPoolExecutor(1, thread_name_prefix="device")
 
     @property
@@ -108,9 +106,7 @@ class DynamicBatcher:
 
     async def start(self) -> None:
         self._arrived = asyncio.Event()
-        self._ready: asyncio.Queue[_Batch] = asyncio.Queue()
-        self._prepared_slot = asyncio.Semaphore(1)
-        self._tasks = [asyncio.create_task(self._assemble_loop()), asyncio.create_task(self._execute_loop())]
+        self._tasks = [asyncio.create_task(self._run_loop())]
         self._accepting = True
 
     async def submit(self, items: list[Any], deadline: float | None = None) -> BatchOutcome:
@@ -145,46 +141,39 @@ class DynamicBatcher:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
         self._device_pool.shutdown(wait=False, cancel_futures=True)
 
-    async def _assemble_loop(self) -> None:
-        loop = asyncio.get_running_loop()
+    async def _run_loop(self) -> None:
         while True:
-            # One batch prepared ahead of the device, no more: a later batch forms from a fuller queue.
-            await self._prepared_slot.acquire()
             await self._wait_for_items()
-            items = self._take_batch()
-            started = time.perf_counter()
-            try:
-                prepared = await loop.run_in_executor(
-                    self._tokenize_pool, self.adapter.preprocess, [item.payload for item in items]
-                )
-            except Exception:
-                log.exception("preprocess failed for a batch of %d inputs", len(items))
-                self._fail_batch(items)
-                self._in_flight -= 1
-                self._prepared_slot.release()
-                continue
-            self._ready.put_nowait(_Batch(items, prepared, started))
-
-    async def _execute_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = await self._ready.get()
-            self._prepared_slot.release()
-            try:
-                if any(not item.request.future.done() for item in batch.items):
-                    results = await loop.run_in_executor(self._device_pool, self._run_model, batch.prepared)
-                    self._deliver(batch, results)
-            except Exception:
-                log.exception("forward pass failed for a batch of %d inputs", len(batch.items))
-                self._fail_batch(batch.items)
-            finally:
+            running = self._launch()
+            while running is not None:
+                items, started, work = running
+                try:
+                    outcome = await work
+                except Exception:
+                    log.exception("a batch of %d inputs failed", len(items))
+                    outcome = None
+                # The next batch starts before this one's callers are answered, so the device never
+                # waits for the event loop to send replies.
+                self._drop_dead_items()
+                running = self._launch() if self._pending else None
+                if outcome is None:
+                    self._fail_batch(items)
+                else:
+                    self._deliver(items, *outcome, started)
                 self._in_flight -= 1
 
-    def _run_model(self, prepared: Prepared) -> list[Any]:
-        return self.adapter.postprocess(prepared, self.adapter.forward(prepared))
+    def _launch(self) -> tuple[list[_Item], float, asyncio.Future]:
+        """Take the next batch and start tokenizing and running it on the device thread."""
+        items = self._take_batch()
+        payloads = [item.payload for item in items]
+        work = asyncio.get_running_loop().run_in_executor(self._device_pool, self._run_model, payloads)
+        return items, time.perf_counter(), work
+
+    def _run_model(self, payloads: list[Any]) -> tuple[Prepared, list[Any]]:
+        prepared = self.adapter.preprocess(payloads)
+        return prepared, self.adapter.postprocess(prepared, self.adapter.forward(prepared))
 
     async def _wait_for_items(self) -> None:
         """Return when a batch should be formed: the queue fills one, or the oldest item waited max_wait."""
@@ -252,11 +241,11 @@ class DynamicBatcher:
         """Tokens a batch costs the model: summed when the adapter packs inputs, else padded."""
         return total if self.adapter.packs_sequences else longest * count
 
-    def _deliver(self, batch: _Batch, results: list[Any]) -> None:
-        elapsed = time.perf_counter() - batch.started
+    def _deliver(self, items: list[_Item], prepared: Prepared, results: list[Any], started: float) -> None:
+        elapsed = time.perf_counter() - started
         self.metrics.inference_seconds.observe(elapsed)
         charged: set[int] = set()
-        for item, result, tokens in zip(batch.items, results, batch.prepared.token_counts, strict=True):
+        for item, result, tokens in zip(items, results, prepared.token_counts, strict=True):
             request = item.request
             if request.future.done():
                 continue

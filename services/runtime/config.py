@@ -40,12 +40,12 @@ class ModelWorkerSettings(WorkerSettings):
     device: str = Field("auto", description="`auto` (CUDA when usable, else CPU), `cpu`, `cuda` or `cuda:N`.")
     dtype: str = Field("auto", description="`auto` (fp16 on CUDA, fp32 on CPU), `float32`, `float16`, `bfloat16`.")
     cpu_threads: int = Field(0, ge=0, description="Torch intra-op threads on CPU; 0 means every available core.")
-    max_batch_size: int = Field(32, ge=1, description="Most inputs in one forward pass.")
+    max_batch_size: int = Field(64, ge=1, description="Most inputs in one forward pass.")
     max_batch_tokens: int = Field(
         4096, ge=16, description="Most padded tokens (inputs x longest input) in one forward pass."
     )
     max_wait_ms: float = Field(
-        2.0, ge=0, description="How long a non-full batch waits for more inputs when the model is idle."
+        0.0, ge=0, description="How long a non-full batch waits for more inputs when the model is idle."
     )
     max_queue_items: int = Field(
         4096, ge=1, description="Inputs waiting in the queue before new requests get RESOURCE_EXHAUSTED."
