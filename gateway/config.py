@@ -19,6 +19,10 @@ class EmbeddingUpstream(UpstreamSettings):
     addresses: str = "127.0.0.1:50052"
 
 
+class RerankingUpstream(UpstreamSettings):
+    addresses: str = "127.0.0.1:50053"
+
+
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TORCHGATE_GATEWAY_", env_nested_delimiter="__", extra="ignore", populate_by_name=True
@@ -36,3 +40,4 @@ class GatewaySettings(BaseSettings):
     log_format: str = Field("json", validation_alias=AliasChoices("TORCHGATE_LOG_FORMAT", "log_format"))
     otlp_endpoint: str = Field("", validation_alias=AliasChoices("TORCHGATE_OTLP_ENDPOINT", "otlp_endpoint"))
     embedding: EmbeddingUpstream = Field(default_factory=EmbeddingUpstream, description="Embedding upstream.")
+    reranking: RerankingUpstream = Field(default_factory=RerankingUpstream, description="Reranking upstream.")

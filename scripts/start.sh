@@ -16,6 +16,8 @@ for arg in "$@"; do
 done
 
 START_TIMEOUT=${TORCHGATE_START_TIMEOUT:-300}
+# Locally the reranker may stand in with the bundled embedder (announced in Info, responses and logs).
+export TORCHGATE_RERANKING_FALLBACK=${TORCHGATE_RERANKING_FALLBACK:-embedding}
 mkdir -p "$RUN_DIR"
 
 launch() {  # name, module

@@ -52,3 +52,25 @@ class FakeAdapter(ModelAdapter):
 def vector_for(text: str, dimension: int) -> np.ndarray:
     seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
     return np.random.default_rng(seed).standard_normal(dimension).astype(np.float32)
+
+
+class FakePairAdapter(FakeAdapter):
+    """Scores a (query, document) pair by shared words: deterministic, no model."""
+
+    def estimate_tokens(self, pair: tuple[str, str]) -> int:
+        return len(pair[0].split()) + len(pair[1].split()) + 3
+
+    def preprocess(self, pairs: list[tuple[str, str]]) -> Prepared:
+        return Prepared(list(pairs), [self.estimate_tokens(pair) for pair in pairs])
+
+    def forward(self, prepared: Prepared) -> list[tuple[float, float]]:
+        return [overlap_score(query, document) for query, document in prepared.features]
+
+    def postprocess(self, prepared: Prepared, output: list) -> list:
+        return output
+
+
+def overlap_score(query: str, document: str) -> tuple[float, float]:
+    """(activated, raw): the raw score counts shared words; the activated one squashes it into (0, 1)."""
+    raw = float(len(set(query.lower().split()) & set(document.lower().split())))
+    return raw / (1 + raw), raw

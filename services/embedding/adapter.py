@@ -5,7 +5,7 @@ import logging
 import numpy as np
 
 from services.runtime.adapter import ModelAdapter, ModelDescription, Prepared
-from services.runtime.device import configure_cpu_threads, select_device, select_dtype
+from services.runtime.device import place
 from services.runtime.models import resolve_model
 from services.runtime.packing import PackedBatch, mean_pool, pack
 
@@ -35,10 +35,7 @@ class EmbeddingAdapter(ModelAdapter):
         from sentence_transformers import SentenceTransformer
 
         path = resolve_model(self.model_id)
-        self.device = select_device(self.requested_device)
-        self.dtype = select_dtype(self.device, self.requested_dtype)
-        if self.device == "cpu":
-            configure_cpu_threads(self.cpu_threads)
+        self.device, self.dtype = place(self.requested_device, self.requested_dtype, self.cpu_threads)
         self.model = SentenceTransformer(str(path), device=self.device, local_files_only=True)
         self.model.to(self.dtype).eval()
         self.max_tokens = self.model.max_seq_length
@@ -97,7 +94,7 @@ class EmbeddingAdapter(ModelAdapter):
                     lambda tensor: tensor.to(self.device, non_blocking=True))
                 hidden = self.model[0].auto_model(
                     input_ids=batch.input_ids, position_ids=batch.position_ids,
-                    attention_mask=batch.attention_mask, token_type_ids=torch.zeros_like(batch.input_ids),
+                    attention_mask=batch.attention_mask, token_type_ids=batch.token_type_ids,
                 ).last_hidden_state
                 embeddings = mean_pool(hidden, batch)
                 if self.normalizes:

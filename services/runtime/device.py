@@ -56,6 +56,15 @@ def select_dtype(device: str, requested: str):
     return dtype
 
 
+def place(requested_device: str, requested_dtype: str, cpu_threads: int = 0):
+    """Device and dtype for a model about to load; sizes torch's CPU thread pool when on CPU."""
+    device = select_device(requested_device)
+    dtype = select_dtype(device, requested_dtype)
+    if device == "cpu":
+        configure_cpu_threads(cpu_threads)
+    return device, dtype
+
+
 def configure_cpu_threads(threads: int = 0) -> int:
     """Size torch's intra-op pool: `threads`, or every core this process may run on when 0."""
     import torch

@@ -17,6 +17,7 @@ class PackedBatch:
     """Row-major packed inputs (torch tensors) and where each input lies."""
 
     input_ids: object          # (rows, length) long
+    token_type_ids: object     # (rows, length) long: segment A/B of sentence pairs, zeros otherwise
     position_ids: object       # (rows, length) long
     attention_mask: object     # (rows, 1, length, length) bool, block-diagonal
     token_index: object        # (tokens,) long: flat row*length position of every real token
@@ -26,8 +27,8 @@ class PackedBatch:
 
     def map_tensors(self, function) -> "PackedBatch":
         """The same batch with `function` applied to every tensor (device copies, pinning)."""
-        tensors = (self.input_ids, self.position_ids, self.attention_mask, self.token_index, self.token_owner,
-                   self.first_token)
+        tensors = (self.input_ids, self.token_type_ids, self.position_ids, self.attention_mask, self.token_index,
+                   self.token_owner, self.first_token)
         return PackedBatch(*(function(tensor) for tensor in tensors), self.lengths)
 
 
@@ -47,7 +48,8 @@ def plan_rows(lengths: list[int], row_length: int) -> list[list[int]]:
     return rows
 
 
-def pack(token_ids: list[list[int]], row_length: int, pad_id: int = 0) -> PackedBatch:
+def pack(token_ids: list[list[int]], row_length: int, pad_id: int = 0,
+         token_type_ids: list[list[int]] | None = None) -> PackedBatch:
     """Pack tokenized inputs into as few rows of `row_length` tokens as first-fit decreasing allows."""
     import torch
 
@@ -55,6 +57,7 @@ def pack(token_ids: list[list[int]], row_length: int, pad_id: int = 0) -> Packed
     rows = plan_rows(lengths, row_length)
     width = max(sum(lengths[i] for i in row) for row in rows)
     input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    types = np.zeros((len(rows), width), dtype=np.int64)
     position_ids = np.zeros((len(rows), width), dtype=np.int64)
     segment = np.full((len(rows), width), -1, dtype=np.int64)
     first_token = np.zeros(len(lengths), dtype=np.int64)
@@ -63,6 +66,8 @@ def pack(token_ids: list[list[int]], row_length: int, pad_id: int = 0) -> Packed
         for index in row:
             n = lengths[index]
             input_ids[r, offset:offset + n] = token_ids[index]
+            if token_type_ids is not None:
+                types[r, offset:offset + n] = token_type_ids[index]
             position_ids[r, offset:offset + n] = np.arange(n)
             segment[r, offset:offset + n] = index
             first_token[index] = r * width + offset
@@ -74,6 +79,7 @@ def pack(token_ids: list[list[int]], row_length: int, pad_id: int = 0) -> Packed
     token_index = np.flatnonzero(flat_segment >= 0)
     return PackedBatch(
         input_ids=torch.from_numpy(input_ids),
+        token_type_ids=torch.from_numpy(types),
         position_ids=torch.from_numpy(position_ids),
         attention_mask=torch.from_numpy(mask[:, None, :, :]),
         token_index=torch.from_numpy(token_index),

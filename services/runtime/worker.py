@@ -16,7 +16,8 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from services.runtime.config import WorkerSettings
-from services.runtime.device import require_gpu_or_exit
+from services.runtime.device import DeviceError, require_gpu_or_exit
+from services.runtime.errors import ModelNotFound
 from services.runtime.interceptors import StatusInterceptor
 from services.runtime.servicer import WorkerServicer
 from torchgate.logs import configure_logging
@@ -103,7 +104,12 @@ def run_worker(build: Callable[[S], WorkerServicer], settings_class: type[S]) ->
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     require_gpu_or_exit(settings.require_gpu)
     tracing = configure_tracing(settings_class.__name__, settings.otlp_endpoint)
-    sys.exit(asyncio.run(_serve(build(settings), settings, tracing)))
+    try:
+        servicer = build(settings)
+    except (ModelNotFound, DeviceError) as error:
+        log.error("cannot start: %s", error)
+        raise SystemExit(f"torchgate: {error}") from None
+    sys.exit(asyncio.run(_serve(servicer, settings, tracing)))
 
 
 async def _serve(servicer: WorkerServicer, settings: WorkerSettings, tracing: bool) -> int:

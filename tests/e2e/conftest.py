@@ -38,13 +38,15 @@ class Mesh:
 
 @pytest.fixture
 def mesh(tmp_path):
-    ports = {"embedding": free_port(), "gateway": free_port()}
+    ports = {"embedding": free_port(), "reranking": free_port(), "gateway": free_port()}
     env = {
         **os.environ,
         "TORCHGATE_RUN_DIR": str(tmp_path / "run"),
         "TORCHGATE_PYTHON": sys.executable,
         "TORCHGATE_EMBEDDING_PORT": str(ports["embedding"]),
         "TORCHGATE_EMBEDDING_METRICS_PORT": "0",
+        "TORCHGATE_RERANKING_PORT": str(ports["reranking"]),
+        "TORCHGATE_RERANKING_METRICS_PORT": "0",
         "TORCHGATE_GATEWAY_PORT": str(ports["gateway"]),
         "TORCHGATE_LOG_FORMAT": "text",
     }

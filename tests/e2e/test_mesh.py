@@ -31,6 +31,13 @@ def test_the_mesh_serves_survives_a_dead_worker_and_stops_cleanly(mesh):
                                 capture_output=True, text=True, timeout=30)
         assert "torchgate.v1.EmbeddingService" in listed.stdout and "grpc.health.v1.Health" in listed.stdout
 
+        reranked = client.post("/v1/rerank", json={
+            "query": "What is the capital of France?", "return_documents": True, "top_n": 1,
+            "documents": ["Bananas are yellow.", {"text": "Paris is the capital of France."}]})
+        assert reranked.status_code == 200, reranked.text
+        assert reranked.json()["results"][0]["document"]["text"] == "Paris is the capital of France."
+        assert reranked.json()["model"].startswith("fallback:cosine:")
+
         healthy = mesh.script("health.sh")
         assert healthy.returncode == 0 and "SERVING" in healthy.stdout, healthy.stdout
 
@@ -41,6 +48,10 @@ def test_the_mesh_serves_survives_a_dead_worker_and_stops_cleanly(mesh):
         assert down.status_code == 503 and int(down.headers["Retry-After"]) >= 1
         assert down.json()["error"]["type"] == "upstream_unavailable"
         assert "Traceback" not in down.text
+
+        os.kill(mesh.pid("reranking"), signal.SIGKILL)
+        rerank_down = client.post("/v1/rerank", json={"query": "q", "documents": ["d"]})
+        assert rerank_down.status_code == 503 and rerank_down.json()["error"]["upstream"] == "reranking"
 
         unhealthy = mesh.script("health.sh")
         assert unhealthy.returncode != 0 and "UNREACHABLE" in unhealthy.stdout

@@ -47,3 +47,34 @@ async def embedding_worker():
 async def embedding_channel(embedding_worker):
     async with grpc.aio.insecure_channel(f"127.0.0.1:{embedding_worker.port}") as channel:
         yield channel
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    """A tokenizer (the bundled MiniLM's vocabulary) and a small random BERT config, saved together."""
+    from transformers import BertConfig, BertTokenizerFast
+
+    from services.runtime.models import resolve_model
+
+    directory = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = BertTokenizerFast.from_pretrained(str(resolve_model("sentence-transformers/all-MiniLM-L6-v2")))
+    tokenizer.save_pretrained(directory)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    return directory, config
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder(tiny_bert_dir, tmp_path_factory):
+    """A real (random, tiny) 1-label BertForSequenceClassification checkpoint on disk."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    source, config = tiny_bert_dir
+    directory = tmp_path_factory.mktemp("tiny-cross-encoder")
+    torch.manual_seed(0)
+    config.num_labels = 1
+    BertForSequenceClassification(config).save_pretrained(directory)
+    for file in source.iterdir():
+        (directory / file.name).write_bytes(file.read_bytes())
+    return directory

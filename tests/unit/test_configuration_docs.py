@@ -3,9 +3,10 @@ from pathlib import Path
 
 from gateway.config import GatewaySettings, UpstreamSettings
 from services.embedding.settings import EmbeddingSettings
+from services.reranking.settings import RerankingSettings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-WORKER_SETTINGS = {"EMBEDDING": EmbeddingSettings}
+WORKER_SETTINGS = {"EMBEDDING": EmbeddingSettings, "RERANKING": RerankingSettings}
 
 
 def documented(variable: str) -> bool:
@@ -45,6 +46,10 @@ def test_the_readme_documents_no_variable_that_does_not_exist():
             continue
         assert documented(generic), variable
         field = generic.removeprefix("TORCHGATE_GATEWAY_EMBEDDING__").removeprefix("TORCHGATE_GATEWAY_")
-        field = field.removeprefix("TORCHGATE_EMBEDDING_").removeprefix("TORCHGATE_").lower()
-        all_fields = {*EmbeddingSettings.model_fields, *GatewaySettings.model_fields, *UpstreamSettings.model_fields}
+        for worker in WORKER_SETTINGS:
+            field = field.removeprefix(f"TORCHGATE_{worker}_")
+        field = field.removeprefix("TORCHGATE_").lower()
+        all_fields = {*GatewaySettings.model_fields, *UpstreamSettings.model_fields}
+        for settings_class in WORKER_SETTINGS.values():
+            all_fields |= set(settings_class.model_fields)
         assert field in all_fields, f"README documents {variable}, which no settings class reads"

@@ -7,17 +7,29 @@ import httpx
 import pytest
 
 from gateway.app import create_app
-from gateway.config import EmbeddingUpstream, GatewaySettings
+from gateway.config import EmbeddingUpstream, GatewaySettings, RerankingUpstream
 from services.embedding.servicer import EmbeddingServicer
 from services.embedding.settings import EmbeddingSettings
+from services.reranking.servicer import RerankingServicer
+from services.reranking.settings import RerankingSettings
 from services.runtime.worker import Worker
-from tests.fakes import FakeAdapter
+from tests.fakes import FakeAdapter, FakePairAdapter
 
 
 @pytest.fixture
 async def fake_embedding_worker():
     settings = EmbeddingSettings(port=0, metrics_port=0, max_items_per_request=16, grace_period_s=1)
     worker = Worker(EmbeddingServicer(FakeAdapter(), settings), settings)
+    await worker.start()
+    await worker.wait_serving()
+    yield worker
+    await worker.stop(0)
+
+
+@pytest.fixture
+async def fake_reranking_worker():
+    settings = RerankingSettings(port=0, metrics_port=0, max_items_per_request=4, grace_period_s=1)
+    worker = Worker(RerankingServicer(FakePairAdapter(), settings), settings)
     await worker.start()
     await worker.wait_serving()
     yield worker
@@ -32,9 +44,11 @@ def unused_address() -> str:
 
 
 @asynccontextmanager
-async def gateway_client(addresses: str, api_keys: str = "", max_body_bytes: int = 8 * 1024 * 1024, **upstream):
-    settings = GatewaySettings(embedding=EmbeddingUpstream(addresses=addresses, **upstream), api_keys=api_keys,
-                               max_body_bytes=max_body_bytes)
+async def gateway_client(addresses: str, api_keys: str = "", max_body_bytes: int = 8 * 1024 * 1024,
+                         reranking: str | None = None, **upstream):
+    settings = GatewaySettings(embedding=EmbeddingUpstream(addresses=addresses, **upstream),
+                               reranking=RerankingUpstream(addresses=reranking or unused_address()),
+                               api_keys=api_keys, max_body_bytes=max_body_bytes)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

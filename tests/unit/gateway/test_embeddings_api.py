@@ -72,7 +72,8 @@ async def test_readiness_and_models_report_the_serving_worker(fake_embedding_wor
         models = await client.get("/v1/models")
         live = await client.get("/health/live")
         metrics = await client.get("/metrics")
-    assert ready.status_code == 200
+    assert ready.status_code == 503, "the reranking upstream is down in this test"
+    assert ready.json()["upstreams"]["reranking"]["status"] == "UNREACHABLE"
     assert ready.json()["upstreams"]["embedding"] | {"latency_ms": 0} == {
         "status": "SERVING", "breaker": "closed", "failures": 0, "in_flight": 0, "latency_ms": 0}
     [model] = models.json()["data"]

@@ -1,0 +1,133 @@
+"""Cross-encoder adapter, and the explicit embedding fallback for machines without one offline."""
+
+import logging
+
+import numpy as np
+
+from services.embedding.adapter import EmbeddingAdapter
+from services.runtime.adapter import ModelAdapter, ModelDescription, Prepared
+from services.runtime.device import place
+from services.runtime.models import resolve_model
+from services.runtime.packing import PackedBatch, first_token_states, pack
+
+log = logging.getLogger(__name__)
+
+CHARS_PER_TOKEN = 4
+
+# An item is one (query, document) pair; a result is (activated score, raw logit).
+Pair = tuple[str, str]
+
+
+class CrossEncoderAdapter(ModelAdapter):
+    """Scores pairs with a sentence-transformers CrossEncoder; BERT models run packed.
+
+    Pairs longer than the model's max length are truncated, longest part first.
+    """
+
+    def __init__(self, model_id: str, device: str = "auto", dtype: str = "auto", cpu_threads: int = 0,
+                 pack_length: int = 256):
+        self.model_id = model_id
+        self.requested_device, self.requested_dtype = device, dtype
+        self.cpu_threads = cpu_threads
+        self.pack_length = pack_length
+
+    def load(self) -> ModelDescription:
+        import torch
+        from sentence_transformers import CrossEncoder
+
+        path = resolve_model(self.model_id)
+        self.device, self.dtype = place(self.requested_device, self.requested_dtype, self.cpu_threads)
+        self.encoder = CrossEncoder(str(path), device=self.device, local_files_only=True)
+        if self.encoder.num_labels != 1:
+            raise ValueError(f"{self.model_id} has {self.encoder.num_labels} labels; a reranker needs exactly 1")
+        self.model = self.encoder.transformers_model.to(self.dtype).eval()
+        self.tokenizer = self.encoder.tokenizer
+        self.max_tokens = self.encoder.max_length
+        self.activation = self.encoder.activation_fn or torch.nn.Identity()
+        self.packs_sequences = type(self.model).__name__ == "BertForSequenceClassification"
+        return ModelDescription(model_id=self.model_id, model_path=str(path), device=self.device,
+                                dtype=str(self.dtype).removeprefix("torch."), max_input_tokens=self.max_tokens)
+
+    def warmup(self) -> None:
+        for length in (8, 64, self.max_tokens):
+            prepared = self.preprocess([("warm up", "warm " * length)] * 4)
+            self.postprocess(prepared, self.forward(prepared))
+
+    def estimate_tokens(self, pair: Pair) -> int:
+        return min((len(pair[0]) + len(pair[1])) // CHARS_PER_TOKEN + 3, self.max_tokens)
+
+    def preprocess(self, pairs: list[Pair]) -> Prepared:
+        queries, documents = [q for q, _ in pairs], [d for _, d in pairs]
+        if self.packs_sequences:
+            encoded = self.tokenizer(queries, documents, truncation="longest_first", max_length=self.max_tokens)
+            batch = pack(encoded["input_ids"], self.pack_length, self.tokenizer.pad_token_id or 0,
+                         encoded["token_type_ids"])
+            return Prepared(batch, batch.lengths)
+        features = self.tokenizer(queries, documents, padding=True, truncation="longest_first",
+                                  max_length=self.max_tokens, return_tensors="pt")
+        return Prepared(features, features["attention_mask"].sum(dim=1).tolist())
+
+    def forward(self, prepared: Prepared) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            if self.packs_sequences:
+                batch: PackedBatch = prepared.features.map_tensors(lambda t: t.to(self.device, non_blocking=True))
+                hidden = self.model.bert(
+                    input_ids=batch.input_ids, token_type_ids=batch.token_type_ids,
+                    position_ids=batch.position_ids, attention_mask=batch.attention_mask,
+                ).last_hidden_state
+                first = first_token_states(hidden, batch)
+                logits = self.model.classifier(self.model.bert.pooler(first[:, None, :]))
+            else:
+                features = {k: v.to(self.device) for k, v in prepared.features.items()}
+                logits = self.model(**features).logits
+            logits = logits[:, 0].float()
+            scores = self.activation(logits)
+        return torch.stack([scores, logits], dim=1).cpu().numpy()
+
+    def postprocess(self, prepared: Prepared, output: np.ndarray) -> list[tuple[float, float]]:
+        return [(float(score), float(raw)) for score, raw in output]
+
+
+class EmbeddingFallbackAdapter(ModelAdapter):
+    """Scores a pair by the cosine of its normalized embeddings: the explicit, announced stand-in."""
+
+    packs_sequences = True
+
+    def __init__(self, cross_encoder_id: str, embedding: EmbeddingAdapter, reason: str):
+        self.cross_encoder_id = cross_encoder_id
+        self.embedding = embedding
+        self.reason = reason
+
+    def load(self) -> ModelDescription:
+        described = self.embedding.load()
+        described.model_id = f"fallback:cosine:{described.model_id}"
+        described.fallback_reason = self.reason
+        described.dimension = 0
+        return described
+
+    def warmup(self) -> None:
+        self.embedding.warmup()
+
+    def estimate_tokens(self, pair: Pair) -> int:
+        return self.embedding.estimate_tokens(pair[0]) + self.embedding.estimate_tokens(pair[1])
+
+    def preprocess(self, pairs: list[Pair]) -> Prepared:
+        """Embeds every distinct text once: a 1 x 100 request embeds its query once, not 100 times."""
+        texts = list(dict.fromkeys(text for pair in pairs for text in pair))
+        position = {text: i for i, text in enumerate(texts)}
+        inner = self.embedding.preprocess(texts)
+        index = [(position[q], position[d]) for q, d in pairs]
+        tokens = [inner.token_counts[q] + inner.token_counts[d] for q, d in index]
+        return Prepared((inner, index), tokens)
+
+    def forward(self, prepared: Prepared) -> np.ndarray:
+        inner, _ = prepared.features
+        return self.embedding.forward(inner)
+
+    def postprocess(self, prepared: Prepared, output: np.ndarray) -> list[tuple[float, float]]:
+        _, index = prepared.features
+        vectors = output / np.maximum(np.linalg.norm(output, axis=1, keepdims=True), 1e-12)
+        scores = [float(vectors[q] @ vectors[d]) for q, d in index]
+        return [(score, score) for score in scores]

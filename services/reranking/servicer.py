@@ -1,0 +1,71 @@
+"""RerankingService: validation, batching of (query, document) pairs, sorted results."""
+
+import logging
+import time
+
+from services.embedding.adapter import EmbeddingAdapter
+from services.reranking.adapter import CrossEncoderAdapter, EmbeddingFallbackAdapter
+from services.reranking.settings import RerankingSettings
+from services.runtime.adapter import ModelAdapter
+from services.runtime.errors import ModelNotFound
+from services.runtime.models import resolve_model
+from services.runtime.servicer import ModelServicer, timing
+from services.runtime.validation import validate_model_name, validate_text, validate_texts
+from torchgate.v1 import common_pb2, reranking_pb2, reranking_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+class RerankingServicer(ModelServicer, reranking_pb2_grpc.RerankingServiceServicer):
+    SERVICE = reranking_pb2.DESCRIPTOR.services_by_name["RerankingService"]
+
+    def add_to_server(self, server) -> None:
+        reranking_pb2_grpc.add_RerankingServiceServicer_to_server(self, server)
+
+    async def Rerank(self, request: reranking_pb2.RerankRequest, context) -> reranking_pb2.RerankResponse:
+        started = time.perf_counter()
+        model = self.ready_model()
+        validate_text(request.query, self.settings.max_chars_per_item, "query")
+        documents = list(request.documents)
+        validate_texts(documents, self.settings.max_items_per_request, self.settings.max_chars_per_item, "documents")
+        validate_model_name(request.model, model.model_id)
+        outcome = await self.run_batched([(request.query, document) for document in documents], context)
+        ranked = sorted(enumerate(outcome.results), key=lambda scored: scored[1][0], reverse=True)
+        top = ranked[: request.top_n or len(ranked)]
+        tokens = sum(outcome.token_counts)
+        return reranking_pb2.RerankResponse(
+            results=[
+                reranking_pb2.RerankResult(
+                    index=index, score=raw if request.raw_scores else score,
+                    document=documents[index] if request.return_documents else "",
+                )
+                for index, (score, raw) in top
+            ],
+            model=model.model_id,
+            usage=common_pb2.Usage(prompt_tokens=tokens, total_tokens=tokens),
+            timing=timing(outcome, started),
+        )
+
+
+def choose_adapter(settings: RerankingSettings) -> ModelAdapter:
+    """The configured cross-encoder, or the embedding fallback when allowed and the model is not offline."""
+    cross_encoder = CrossEncoderAdapter(settings.model, settings.device, settings.dtype, settings.cpu_threads,
+                                        settings.pack_length)
+    try:
+        resolve_model(settings.model)
+        return cross_encoder
+    except ModelNotFound:
+        if settings.fallback != "embedding":
+            raise ModelNotFound(
+                f"reranker {settings.model!r} is not available offline (not bundled, not a local directory, not "
+                "in the Hugging Face cache); provide it or set TORCHGATE_RERANKING_FALLBACK=embedding"
+            ) from None
+    reason = (f"cross-encoder {settings.model!r} is not available offline; scoring with the cosine similarity "
+              f"of {settings.fallback_model!r} embeddings")
+    log.warning("reranking fallback in use: %s", reason)
+    embedding = EmbeddingAdapter(settings.fallback_model, settings.device, settings.dtype, settings.cpu_threads)
+    return EmbeddingFallbackAdapter(settings.model, embedding, reason)
+
+
+def build(settings: RerankingSettings) -> RerankingServicer:
+    return RerankingServicer(choose_adapter(settings), settings)
