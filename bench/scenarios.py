@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from torchgate.v1 import embedding_pb2, embedding_pb2_grpc
+from torchgate.v1 import embedding_pb2, embedding_pb2_grpc, reranking_pb2, reranking_pb2_grpc
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,26 @@ def _embedding_in_process():
     return lambda texts, batch_size: model.encode(texts, batch_size=batch_size, normalize_embeddings=True)
 
 
+def _rerank_groups(corpus: list[str], documents: int) -> list[tuple[str, list[str]]]:
+    """(query, documents) groups: each query is a corpus text, its documents the next ones."""
+    step = documents + 1
+    return [(corpus[i], corpus[i + 1:i + step]) for i in range(0, len(corpus) - step + 1, step)]
+
+
+def _rerank_in_process():
+    """The served default without a cross-encoder offline: cosine of MiniLM embeddings, each text once."""
+    import numpy as np
+
+    encode = _embedding_in_process()
+
+    def score(pairs: list[tuple[str, str]], batch_size: int):
+        texts = list(dict.fromkeys(text for pair in pairs for text in pair))
+        vectors = dict(zip(texts, encode(texts, batch_size), strict=True))
+        return np.array([vectors[q] @ vectors[d] for q, d in pairs])
+
+    return score
+
+
 SCENARIOS = {
     "embed": Scenario(
         worker="embedding",
@@ -49,5 +69,19 @@ SCENARIOS = {
                                          for chunk in _chunks(corpus, k)],
         rest_bodies=lambda corpus, k: [orjson.dumps({"input": chunk, "encoding_format": "base64"})
                                        for chunk in _chunks(corpus, k)],
+    ),
+    "rerank": Scenario(
+        worker="reranking",
+        rest_path="/v1/rerank",
+        unit="pairs",
+        batch_sizes=(16, 32, 64),
+        loads=((1, 100), (16, 10)),
+        items=lambda corpus: [(q, d) for q, docs in _rerank_groups(corpus, 10) for d in docs],
+        in_process=_rerank_in_process,
+        grpc_method=lambda channel: reranking_pb2_grpc.RerankingServiceStub(channel).Rerank,
+        grpc_requests=lambda corpus, k: [reranking_pb2.RerankRequest(query=q, documents=docs)
+                                         for q, docs in _rerank_groups(corpus, k)],
+        rest_bodies=lambda corpus, k: [orjson.dumps({"query": q, "documents": docs})
+                                       for q, docs in _rerank_groups(corpus, k)],
     ),
 }
