@@ -9,12 +9,19 @@ from gateway.config import GatewaySettings
 from gateway.dependencies import require_api_key
 from gateway.errors import install_error_handlers
 from gateway.middleware import EdgeMiddleware
-from gateway.routes import embeddings, health, models, rerank
+from gateway.routes import classify, embeddings, health, models, rerank
 from gateway.upstream import Upstream
 from torchgate import __version__
 from torchgate.logs import configure_logging
 from torchgate.telemetry import configure_tracing
-from torchgate.v1 import embedding_pb2, embedding_pb2_grpc, reranking_pb2, reranking_pb2_grpc
+from torchgate.v1 import (
+    classifier_pb2,
+    classifier_pb2_grpc,
+    embedding_pb2,
+    embedding_pb2_grpc,
+    reranking_pb2,
+    reranking_pb2_grpc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +31,13 @@ UPSTREAMS = {
                   embedding_pb2_grpc.EmbeddingServiceStub),
     "reranking": (reranking_pb2.DESCRIPTOR.services_by_name["RerankingService"].full_name,
                   reranking_pb2_grpc.RerankingServiceStub),
+    "classifier": (classifier_pb2.DESCRIPTOR.services_by_name["ClassifierService"].full_name,
+                   classifier_pb2_grpc.ClassifierServiceStub),
 }
 
 
 # Routers behind the API key (health and metrics stay open for probes and scrapers).
-API_ROUTERS = (embeddings.router, rerank.router, models.router)
+API_ROUTERS = (embeddings.router, rerank.router, classify.router, models.router)
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:

@@ -23,6 +23,10 @@ class RerankingUpstream(UpstreamSettings):
     addresses: str = "127.0.0.1:50053"
 
 
+class ClassifierUpstream(UpstreamSettings):
+    addresses: str = "127.0.0.1:50054"
+
+
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TORCHGATE_GATEWAY_", env_nested_delimiter="__", extra="ignore", populate_by_name=True
@@ -41,3 +45,4 @@ class GatewaySettings(BaseSettings):
     otlp_endpoint: str = Field("", validation_alias=AliasChoices("TORCHGATE_OTLP_ENDPOINT", "otlp_endpoint"))
     embedding: EmbeddingUpstream = Field(default_factory=EmbeddingUpstream, description="Embedding upstream.")
     reranking: RerankingUpstream = Field(default_factory=RerankingUpstream, description="Reranking upstream.")
+    classifier: ClassifierUpstream = Field(default_factory=ClassifierUpstream, description="Classifier upstream.")

@@ -74,3 +74,23 @@ def overlap_score(query: str, document: str) -> tuple[float, float]:
     """(activated, raw): the raw score counts shared words; the activated one squashes it into (0, 1)."""
     raw = float(len(set(query.lower().split()) & set(document.lower().split())))
     return raw / (1 + raw), raw
+
+
+INTENT_KEYWORDS = {"greeting": "hello", "farewell": "bye", "question": "?"}
+
+
+class FakeIntentAdapter(FakeAdapter):
+    """Intent probabilities from keywords (greeting: hello, farewell: bye, question: ?); no model."""
+
+    def load(self) -> ModelDescription:
+        described = super().load()
+        described.labels = list(INTENT_KEYWORDS)
+        return described
+
+    def intents(self) -> list[tuple[str, str, int]]:
+        return [(name, f"texts with {keyword!r}", 1) for name, keyword in INTENT_KEYWORDS.items()]
+
+    def forward(self, prepared: Prepared) -> np.ndarray:
+        scores = np.array([[3.0 if keyword in text else 0.0 for keyword in INTENT_KEYWORDS.values()]
+                           for text in prepared.features]) + 0.1
+        return scores / scores.sum(axis=1, keepdims=True)

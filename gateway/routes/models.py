@@ -11,7 +11,7 @@ from torchgate.v1 import common_pb2
 router = APIRouter()
 
 # Upstreams that serve a model, and the task each one does.
-MODEL_TASKS = {"embedding": "embedding", "reranking": "rerank"}
+MODEL_TASKS = {"embedding": "embedding", "reranking": "rerank", "classifier": "classify"}
 
 
 @router.get("/v1/models", response_class=JSONResponse)

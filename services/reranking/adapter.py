@@ -8,7 +8,7 @@ from services.embedding.adapter import EmbeddingAdapter
 from services.runtime.adapter import ModelAdapter, ModelDescription, Prepared
 from services.runtime.device import place
 from services.runtime.models import resolve_model
-from services.runtime.packing import PackedBatch, first_token_states, pack
+from services.runtime.sequence_classification import SequenceClassification
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ Pair = tuple[str, str]
 
 
 class CrossEncoderAdapter(ModelAdapter):
-    """Scores pairs with a sentence-transformers CrossEncoder; BERT models run packed.
+    """Scores pairs with a sentence-transformers CrossEncoder (BERT models run packed).
 
     Pairs longer than the model's max length are truncated, longest part first.
     """
@@ -36,17 +36,18 @@ class CrossEncoderAdapter(ModelAdapter):
         from sentence_transformers import CrossEncoder
 
         path = resolve_model(self.model_id)
-        self.device, self.dtype = place(self.requested_device, self.requested_dtype, self.cpu_threads)
-        self.encoder = CrossEncoder(str(path), device=self.device, local_files_only=True)
-        if self.encoder.num_labels != 1:
-            raise ValueError(f"{self.model_id} has {self.encoder.num_labels} labels; a reranker needs exactly 1")
-        self.model = self.encoder.transformers_model.to(self.dtype).eval()
-        self.tokenizer = self.encoder.tokenizer
-        self.max_tokens = self.encoder.max_length
-        self.activation = self.encoder.activation_fn or torch.nn.Identity()
-        self.packs_sequences = type(self.model).__name__ == "BertForSequenceClassification"
-        return ModelDescription(model_id=self.model_id, model_path=str(path), device=self.device,
-                                dtype=str(self.dtype).removeprefix("torch."), max_input_tokens=self.max_tokens)
+        device, dtype = place(self.requested_device, self.requested_dtype, self.cpu_threads)
+        encoder = CrossEncoder(str(path), device=device, local_files_only=True)
+        if encoder.num_labels != 1:
+            raise ValueError(f"{self.model_id} has {encoder.num_labels} labels; a reranker needs exactly 1")
+        model = encoder.transformers_model.to(dtype).eval()
+        self.classification = SequenceClassification(model, encoder.tokenizer, encoder.max_length, device,
+                                                     self.pack_length)
+        self.packs_sequences = self.classification.packs_sequences
+        self.max_tokens = encoder.max_length
+        self.activation = encoder.activation_fn or torch.nn.Identity()
+        return ModelDescription(model_id=self.model_id, model_path=str(path), device=device,
+                                dtype=str(dtype).removeprefix("torch."), max_input_tokens=self.max_tokens)
 
     def warmup(self) -> None:
         for length in (8, 64, self.max_tokens):
@@ -57,34 +58,13 @@ class CrossEncoderAdapter(ModelAdapter):
         return min((len(pair[0]) + len(pair[1])) // CHARS_PER_TOKEN + 3, self.max_tokens)
 
     def preprocess(self, pairs: list[Pair]) -> Prepared:
-        queries, documents = [q for q, _ in pairs], [d for _, d in pairs]
-        if self.packs_sequences:
-            encoded = self.tokenizer(queries, documents, truncation="longest_first", max_length=self.max_tokens)
-            batch = pack(encoded["input_ids"], self.pack_length, self.tokenizer.pad_token_id or 0,
-                         encoded["token_type_ids"])
-            return Prepared(batch, batch.lengths)
-        features = self.tokenizer(queries, documents, padding=True, truncation="longest_first",
-                                  max_length=self.max_tokens, return_tensors="pt")
-        return Prepared(features, features["attention_mask"].sum(dim=1).tolist())
+        return self.classification.preprocess([q for q, _ in pairs], [d for _, d in pairs])
 
     def forward(self, prepared: Prepared) -> np.ndarray:
         import torch
 
-        with torch.inference_mode():
-            if self.packs_sequences:
-                batch: PackedBatch = prepared.features.map_tensors(lambda t: t.to(self.device, non_blocking=True))
-                hidden = self.model.bert(
-                    input_ids=batch.input_ids, token_type_ids=batch.token_type_ids,
-                    position_ids=batch.position_ids, attention_mask=batch.attention_mask,
-                ).last_hidden_state
-                first = first_token_states(hidden, batch)
-                logits = self.model.classifier(self.model.bert.pooler(first[:, None, :]))
-            else:
-                features = {k: v.to(self.device) for k, v in prepared.features.items()}
-                logits = self.model(**features).logits
-            logits = logits[:, 0].float()
-            scores = self.activation(logits)
-        return torch.stack([scores, logits], dim=1).cpu().numpy()
+        logits = torch.from_numpy(self.classification.logits(prepared)[:, 0])
+        return np.stack([self.activation(logits).numpy(), logits.numpy()], axis=1)
 
     def postprocess(self, prepared: Prepared, output: np.ndarray) -> list[tuple[float, float]]:
         return [(float(score), float(raw)) for score, raw in output]

@@ -38,7 +38,7 @@ class Mesh:
 
 @pytest.fixture
 def mesh(tmp_path):
-    ports = {"embedding": free_port(), "reranking": free_port(), "gateway": free_port()}
+    ports = {name: free_port() for name in ("embedding", "reranking", "classifier", "gateway")}
     env = {
         **os.environ,
         "TORCHGATE_RUN_DIR": str(tmp_path / "run"),
@@ -47,6 +47,8 @@ def mesh(tmp_path):
         "TORCHGATE_EMBEDDING_METRICS_PORT": "0",
         "TORCHGATE_RERANKING_PORT": str(ports["reranking"]),
         "TORCHGATE_RERANKING_METRICS_PORT": "0",
+        "TORCHGATE_CLASSIFIER_PORT": str(ports["classifier"]),
+        "TORCHGATE_CLASSIFIER_METRICS_PORT": "0",
         "TORCHGATE_GATEWAY_PORT": str(ports["gateway"]),
         "TORCHGATE_LOG_FORMAT": "text",
     }

@@ -38,6 +38,11 @@ def test_the_mesh_serves_survives_a_dead_worker_and_stops_cleanly(mesh):
         assert reranked.json()["results"][0]["document"]["text"] == "Paris is the capital of France."
         assert reranked.json()["model"].startswith("fallback:cosine:")
 
+        classified = client.post("/api/v1/intents/classify", json={"text": "Write a poem about spring"})
+        assert classified.status_code == 200 and classified.json()["intent"] == "creative_writing"
+        too_many = client.post("/api/v1/intents/classify/batch", json={"texts": ["hi"] * 101})
+        assert too_many.status_code == 413
+
         healthy = mesh.script("health.sh")
         assert healthy.returncode == 0 and "SERVING" in healthy.stdout, healthy.stdout
 
@@ -52,6 +57,10 @@ def test_the_mesh_serves_survives_a_dead_worker_and_stops_cleanly(mesh):
         os.kill(mesh.pid("reranking"), signal.SIGKILL)
         rerank_down = client.post("/v1/rerank", json={"query": "q", "documents": ["d"]})
         assert rerank_down.status_code == 503 and rerank_down.json()["error"]["upstream"] == "reranking"
+
+        os.kill(mesh.pid("classifier"), signal.SIGKILL)
+        classify_down = client.post("/v1/classify", json={"text": "hello"})
+        assert classify_down.status_code == 503 and classify_down.json()["error"]["upstream"] == "classifier"
 
         unhealthy = mesh.script("health.sh")
         assert unhealthy.returncode != 0 and "UNREACHABLE" in unhealthy.stdout

@@ -2,11 +2,13 @@ import re
 from pathlib import Path
 
 from gateway.config import GatewaySettings, UpstreamSettings
+from services.classifier.settings import ClassifierSettings
 from services.embedding.settings import EmbeddingSettings
 from services.reranking.settings import RerankingSettings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-WORKER_SETTINGS = {"EMBEDDING": EmbeddingSettings, "RERANKING": RerankingSettings}
+WORKER_SETTINGS = {"EMBEDDING": EmbeddingSettings, "RERANKING": RerankingSettings,
+                   "CLASSIFIER": ClassifierSettings}
 
 
 def documented(variable: str) -> bool:

@@ -7,13 +7,15 @@ import httpx
 import pytest
 
 from gateway.app import create_app
-from gateway.config import EmbeddingUpstream, GatewaySettings, RerankingUpstream
+from gateway.config import ClassifierUpstream, EmbeddingUpstream, GatewaySettings, RerankingUpstream
+from services.classifier.servicer import ClassifierServicer
+from services.classifier.settings import ClassifierSettings
 from services.embedding.servicer import EmbeddingServicer
 from services.embedding.settings import EmbeddingSettings
 from services.reranking.servicer import RerankingServicer
 from services.reranking.settings import RerankingSettings
 from services.runtime.worker import Worker
-from tests.fakes import FakeAdapter, FakePairAdapter
+from tests.fakes import FakeAdapter, FakeIntentAdapter, FakePairAdapter
 
 
 @pytest.fixture
@@ -36,6 +38,16 @@ async def fake_reranking_worker():
     await worker.stop(0)
 
 
+@pytest.fixture
+async def fake_classifier_worker():
+    settings = ClassifierSettings(port=0, metrics_port=0, grace_period_s=1)
+    worker = Worker(ClassifierServicer(FakeIntentAdapter(), settings), settings)
+    await worker.start()
+    await worker.wait_serving()
+    yield worker
+    await worker.stop(0)
+
+
 def unused_address() -> str:
     """A loopback address nothing listens on."""
     with socket.socket() as sock:
@@ -45,9 +57,10 @@ def unused_address() -> str:
 
 @asynccontextmanager
 async def gateway_client(addresses: str, api_keys: str = "", max_body_bytes: int = 8 * 1024 * 1024,
-                         reranking: str | None = None, **upstream):
+                         reranking: str | None = None, classifier: str | None = None, **upstream):
     settings = GatewaySettings(embedding=EmbeddingUpstream(addresses=addresses, **upstream),
                                reranking=RerankingUpstream(addresses=reranking or unused_address()),
+                               classifier=ClassifierUpstream(addresses=classifier or unused_address()),
                                api_keys=api_keys, max_body_bytes=max_body_bytes)
     app = create_app(settings)
     async with app.router.lifespan_context(app):

@@ -1,0 +1,107 @@
+"""Intent classification: POST /v1/classify, and the BetterPrompts-compatible /api/v1/intents/* routes."""
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gateway.dependencies import request_timeout, upstream
+from gateway.errors import ApiError
+from gateway.responses import JSONResponse
+from torchgate.v1 import classifier_pb2
+
+router = APIRouter()
+
+# The batch route's limit, as in the BetterPrompts intent classifier this replaces.
+MAX_BATCH = 100
+
+
+class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    text: str | None = Field(None, description="One text (or use `texts`).")
+    texts: list[str] | None = Field(None, description="Several texts.")
+    top_k: int | None = Field(None, ge=1, le=100, description="How many intents to list per text (3 by default).")
+    model: str | None = Field(None, description="The served model id; empty for the default.")
+
+    @model_validator(mode="after")
+    def one_of_text_or_texts(self):
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("send exactly one of `text` or `texts`")
+        return self
+
+
+class BetterPromptsRequest(BaseModel):
+    text: str = Field(description="The text to classify.")
+
+
+class BetterPromptsBatchRequest(BaseModel):
+    texts: list[str] = Field(description=f"At most {MAX_BATCH} texts.")
+
+
+async def _classify(request: Request, texts: list[str], top_k: int = 0,
+                    model: str = "") -> classifier_pb2.ClassifyResponse:
+    client = upstream(request, "classifier")
+    return await client.call("Classify", classifier_pb2.ClassifyRequest(texts=texts, top_k=top_k, model=model),
+                             request_timeout(request, client))
+
+
+def _score(value: float) -> float:
+    """Scores cross the wire as float32; six decimals keep the JSON free of float32 noise."""
+    return round(value, 6)
+
+
+def _result(result: classifier_pb2.Classification) -> dict:
+    return {
+        "intent": result.intent,
+        "confidence": _score(result.confidence),
+        "top": [{"intent": t.intent, "score": _score(t.score)} for t in result.top],
+        "complexity": {"level": result.complexity.level, "score": _score(result.complexity.score)},
+        "suggested_techniques": list(result.suggested_techniques),
+    }
+
+
+def _better_prompts(result: classifier_pb2.Classification, reply: classifier_pb2.ClassifyResponse) -> dict:
+    return {
+        "intent": result.intent,
+        "confidence": _score(result.confidence),
+        "complexity": result.complexity.level,
+        "suggested_techniques": list(result.suggested_techniques),
+        "metadata": {
+            "complexity_score": _score(result.complexity.score),
+            "top_intents": [{"intent": t.intent, "score": _score(t.score)} for t in result.top],
+            "model": reply.model,
+            "tokens": reply.usage.total_tokens,
+        },
+    }
+
+
+@router.post("/v1/classify", response_class=JSONResponse)
+async def classify(body: ClassifyRequest, request: Request):
+    texts = [body.text] if body.text is not None else body.texts
+    reply = await _classify(request, texts, body.top_k or 0, body.model or "")
+    return JSONResponse({"results": [_result(r) for r in reply.results], "model": reply.model,
+                         "usage": {"total_tokens": reply.usage.total_tokens}})
+
+
+@router.post("/api/v1/intents/classify", response_class=JSONResponse)
+async def classify_one(body: BetterPromptsRequest, request: Request):
+    reply = await _classify(request, [body.text])
+    return JSONResponse(_better_prompts(reply.results[0], reply))
+
+
+@router.post("/api/v1/intents/classify/batch", response_class=JSONResponse)
+async def classify_batch(body: BetterPromptsBatchRequest, request: Request):
+    if len(body.texts) > MAX_BATCH:
+        raise ApiError(413, "request_too_large",
+                       f"texts has {len(body.texts)} items; at most {MAX_BATCH} per batch: split the request")
+    reply = await _classify(request, body.texts)
+    return JSONResponse({"results": [_better_prompts(r, reply) for r in reply.results]})
+
+
+@router.get("/api/v1/intents/types", response_class=JSONResponse)
+async def intent_types(request: Request):
+    client = upstream(request, "classifier")
+    reply = await client.call("ListIntents", classifier_pb2.ListIntentsRequest(), request_timeout(request, client))
+    return JSONResponse({
+        "intents": [{"name": i.name, "description": i.description, "examples": i.examples} for i in reply.intents],
+        "complexity_levels": list(reply.complexity_levels),
+    })

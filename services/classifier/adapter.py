@@ -1,0 +1,116 @@
+"""The classifier's two backends behind one interface: a few-shot head on embeddings, or a checkpoint."""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from services.classifier.examples import load_examples
+from services.classifier.head import softmax, train
+from services.embedding.adapter import EmbeddingAdapter
+from services.runtime.adapter import ModelAdapter, ModelDescription, Prepared
+from services.runtime.device import place
+from services.runtime.models import resolve_model
+from services.runtime.sequence_classification import SequenceClassification
+
+log = logging.getLogger(__name__)
+
+CHARS_PER_TOKEN = 4
+
+
+class FewShotAdapter(ModelAdapter):
+    """Embeds texts with the embedding adapter; a head trained at start-up on the example file classifies."""
+
+    def __init__(self, embedding: EmbeddingAdapter, examples: Path):
+        self.embedding = embedding
+        self.examples_path = examples
+
+    def load(self) -> ModelDescription:
+        described = self.embedding.load()
+        self.packs_sequences = self.embedding.packs_sequences
+        self.examples = load_examples(self.examples_path)
+        vectors = np.vstack([self._embed(self.examples.texts[i:i + 64])
+                             for i in range(0, len(self.examples.texts), 64)])
+        self.head = train(vectors, np.array(self.examples.labels), len(self.examples.intents))
+        log.info("few-shot head trained", extra={
+            "intents": len(self.examples.intents), "examples": len(self.examples.texts),
+            "cv_accuracy": round(self.head.cv_accuracy, 3), "temperature": round(self.head.temperature, 3),
+            "examples_file": str(self.examples_path)})
+        described.model_id = f"few-shot:{described.model_id}"
+        described.labels = list(self.examples.intents)
+        described.dimension = 0
+        return described
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        prepared = self.embedding.preprocess(texts)
+        return normalized(self.embedding.forward(prepared))
+
+    def intents(self) -> list[tuple[str, str, int]]:
+        return [(name, self.examples.descriptions[name], self.examples.count(name)) for name in self.examples.intents]
+
+    def warmup(self) -> None:
+        self.embedding.warmup()
+
+    def estimate_tokens(self, text: str) -> int:
+        return self.embedding.estimate_tokens(text)
+
+    def preprocess(self, texts: list[str]) -> Prepared:
+        return self.embedding.preprocess(texts)
+
+    def forward(self, prepared: Prepared) -> np.ndarray:
+        return self.head.probabilities(normalized(self.embedding.forward(prepared)))
+
+    def postprocess(self, prepared: Prepared, output: np.ndarray) -> list[np.ndarray]:
+        return list(output)
+
+
+class CheckpointAdapter(ModelAdapter):
+    """Any Hugging Face sequence-classification directory (e.g. a fine-tuned DeBERTa); labels from its config."""
+
+    def __init__(self, model_id: str, device: str = "auto", dtype: str = "auto", cpu_threads: int = 0,
+                 pack_length: int = 128):
+        self.model_id = model_id
+        self.requested_device, self.requested_dtype = device, dtype
+        self.cpu_threads = cpu_threads
+        self.pack_length = pack_length
+
+    def load(self) -> ModelDescription:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        path = resolve_model(self.model_id)
+        device, dtype = place(self.requested_device, self.requested_dtype, self.cpu_threads)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True)
+        model = model.to(device=device, dtype=dtype).eval()
+        config = model.config
+        self.labels = [config.id2label[i] for i in range(config.num_labels)]
+        self.max_tokens = min(tokenizer.model_max_length, getattr(config, "max_position_embeddings", 512))
+        self.classification = SequenceClassification(model, tokenizer, self.max_tokens, device, self.pack_length)
+        self.packs_sequences = self.classification.packs_sequences
+        return ModelDescription(model_id=self.model_id, model_path=str(path), device=device,
+                                dtype=str(dtype).removeprefix("torch."), max_input_tokens=self.max_tokens,
+                                labels=list(self.labels))
+
+    def intents(self) -> list[tuple[str, str, int]]:
+        return [(label, "", 0) for label in self.labels]
+
+    def warmup(self) -> None:
+        for length in (8, 64, self.max_tokens):
+            prepared = self.preprocess(["warm " * length] * 4)
+            self.postprocess(prepared, self.forward(prepared))
+
+    def estimate_tokens(self, text: str) -> int:
+        return min(len(text) // CHARS_PER_TOKEN + 2, self.max_tokens)
+
+    def preprocess(self, texts: list[str]) -> Prepared:
+        return self.classification.preprocess(texts)
+
+    def forward(self, prepared: Prepared) -> np.ndarray:
+        return softmax(self.classification.logits(prepared))
+
+    def postprocess(self, prepared: Prepared, output: np.ndarray) -> list[np.ndarray]:
+        return list(output)
+
+
+def normalized(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)

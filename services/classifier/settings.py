@@ -1,0 +1,28 @@
+"""Classifier worker settings: TORCHGATE_CLASSIFIER_*."""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.runtime.config import ModelWorkerSettings
+
+DATA = Path(__file__).parent / "data"
+
+
+class ClassifierSettings(ModelWorkerSettings):
+    model_config = SettingsConfigDict(env_prefix="TORCHGATE_CLASSIFIER_")
+
+    port: int = Field(50054, description="gRPC port.")
+    metrics_port: int = Field(9454, description="Prometheus /metrics HTTP port; 0 disables it.")
+    backend: Literal["few_shot", "checkpoint"] = Field(
+        "few_shot", description="`few_shot`: a head trained at start-up on embeddings of the example file; "
+        "`checkpoint`: a Hugging Face sequence-classification model directory (labels from its config)."
+    )
+    model: str = Field("sentence-transformers/all-MiniLM-L6-v2",
+                       description="few_shot: the embedding model; checkpoint: the model directory or id.")
+    examples: Path = Field(DATA / "intents.yaml", description="Labelled examples (YAML or JSONL) for few_shot.")
+    techniques: Path = Field(DATA / "techniques.yaml", description="Intent/complexity -> techniques table.")
+    max_items_per_request: int = Field(100, ge=1, description="Most texts in one request.")
+    max_chars_per_item: int = Field(8192, ge=1, description="Most characters in one text.")

@@ -1,0 +1,56 @@
+import pytest
+
+from tests.unit.gateway.conftest import gateway_client, unused_address
+
+
+@pytest.fixture
+async def client(fake_classifier_worker):
+    async with gateway_client(unused_address(), classifier=f"127.0.0.1:{fake_classifier_worker.port}") as client:
+        yield client
+
+
+async def test_classify_one_text_or_many(client):
+    one = await client.post("/v1/classify", json={"text": "hello there", "top_k": 2})
+    many = await client.post("/v1/classify", json={"texts": ["bye now", "is it raining?"]})
+    assert one.status_code == 200
+    [result] = one.json()["results"]
+    assert result["intent"] == "greeting" and len(result["top"]) == 2
+    assert result["confidence"] == pytest.approx(3.1 / 3.3, abs=1e-5)
+    assert result["complexity"]["level"] == "simple" and result["suggested_techniques"]
+    assert [r["intent"] for r in many.json()["results"]] == ["farewell", "question"]
+    assert len(many.json()["results"][0]["top"]) == 3
+
+
+async def test_text_and_texts_together_or_neither_is_a_422(client):
+    both = await client.post("/v1/classify", json={"text": "a", "texts": ["b"]})
+    neither = await client.post("/v1/classify", json={})
+    assert both.status_code == neither.status_code == 422
+    assert "exactly one of `text` or `texts`" in both.json()["error"]["message"]
+
+
+async def test_better_prompts_compatible_routes(client):
+    single = await client.post("/api/v1/intents/classify", json={"text": "hello"})
+    batch = await client.post("/api/v1/intents/classify/batch", json={"texts": ["hello", "bye"]})
+    types = await client.get("/api/v1/intents/types")
+    body = single.json()
+    assert set(body) == {"intent", "confidence", "complexity", "suggested_techniques", "metadata"}
+    assert body["intent"] == "greeting" and body["complexity"] in ("simple", "moderate", "complex")
+    assert body["metadata"]["model"] == "test/fake-model"
+    assert [r["intent"] for r in batch.json()["results"]] == ["greeting", "farewell"]
+    assert [i["name"] for i in types.json()["intents"]] == ["greeting", "farewell", "question"]
+    assert types.json()["complexity_levels"] == ["simple", "moderate", "complex"]
+
+
+async def test_limits_are_clear_4xx_never_silent_truncation(client):
+    too_many = await client.post("/api/v1/intents/classify/batch", json={"texts": ["hello"] * 101})
+    too_long = await client.post("/v1/classify", json={"text": "x" * 9000})
+    empty = await client.post("/api/v1/intents/classify", json={"text": " "})
+    assert too_many.status_code == 413 and "at most 100" in too_many.json()["error"]["message"]
+    assert too_long.status_code == 400 and "limit is 8192" in too_long.json()["error"]["message"]
+    assert empty.status_code == 400 and "is empty" in empty.json()["error"]["message"]
+
+
+async def test_a_dead_classifier_is_a_503():
+    async with gateway_client(unused_address()) as client:
+        reply = await client.post("/api/v1/intents/classify", json={"text": "hello"})
+    assert reply.status_code == 503 and reply.json()["error"]["upstream"] == "classifier"
