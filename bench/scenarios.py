@@ -5,7 +5,14 @@ from dataclasses import dataclass
 
 import orjson
 
-from torchgate.v1 import embedding_pb2, embedding_pb2_grpc, reranking_pb2, reranking_pb2_grpc
+from torchgate.v1 import (
+    classifier_pb2,
+    classifier_pb2_grpc,
+    embedding_pb2,
+    embedding_pb2_grpc,
+    reranking_pb2,
+    reranking_pb2_grpc,
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,17 @@ def _rerank_in_process():
     return score
 
 
+def _classify_in_process():
+    """The few-shot classifier's own parts: sorted `encode` at the given batch size, then the trained head."""
+    from services.classifier.servicer import build
+    from services.classifier.settings import ClassifierSettings
+
+    adapter = build(ClassifierSettings()).adapter
+    adapter.load()
+    encoder = adapter.embedding.model
+    return lambda texts, batch_size: adapter.head.probabilities(encoder.encode(texts, batch_size=batch_size))
+
+
 SCENARIOS = {
     "embed": Scenario(
         worker="embedding",
@@ -83,5 +101,17 @@ SCENARIOS = {
                                          for q, docs in _rerank_groups(corpus, k)],
         rest_bodies=lambda corpus, k: [orjson.dumps({"query": q, "documents": docs})
                                        for q, docs in _rerank_groups(corpus, k)],
+    ),
+    "classify": Scenario(
+        worker="classifier",
+        rest_path="/v1/classify",
+        unit="texts",
+        batch_sizes=(16, 32, 64),
+        loads=((1, 1), (32, 1), (8, 8)),
+        items=lambda corpus: corpus,
+        in_process=_classify_in_process,
+        grpc_method=lambda channel: classifier_pb2_grpc.ClassifierServiceStub(channel).Classify,
+        grpc_requests=lambda corpus, k: [classifier_pb2.ClassifyRequest(texts=chunk) for chunk in _chunks(corpus, k)],
+        rest_bodies=lambda corpus, k: [orjson.dumps({"texts": chunk}) for chunk in _chunks(corpus, k)],
     ),
 }
