@@ -9,7 +9,7 @@ from gateway.config import GatewaySettings
 from gateway.dependencies import require_api_key
 from gateway.errors import install_error_handlers
 from gateway.middleware import EdgeMiddleware
-from gateway.routes import classify, embeddings, health, models, rerank
+from gateway.routes import classify, embeddings, gpu, health, models, rerank
 from gateway.upstream import Upstream
 from torchgate import __version__
 from torchgate.logs import configure_logging
@@ -19,6 +19,8 @@ from torchgate.v1 import (
     classifier_pb2_grpc,
     embedding_pb2,
     embedding_pb2_grpc,
+    gpu_pb2,
+    gpu_pb2_grpc,
     reranking_pb2,
     reranking_pb2_grpc,
 )
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 
 # name -> (gRPC service, stub class); every upstream is built the same way from its settings.
 UPSTREAMS = {
+    "gpu": (gpu_pb2.DESCRIPTOR.services_by_name["GpuService"].full_name, gpu_pb2_grpc.GpuServiceStub),
     "embedding": (embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name,
                   embedding_pb2_grpc.EmbeddingServiceStub),
     "reranking": (reranking_pb2.DESCRIPTOR.services_by_name["RerankingService"].full_name,
@@ -37,7 +40,7 @@ UPSTREAMS = {
 
 
 # Routers behind the API key (health and metrics stay open for probes and scrapers).
-API_ROUTERS = (embeddings.router, rerank.router, classify.router, models.router)
+API_ROUTERS = (embeddings.router, rerank.router, classify.router, gpu.router, models.router)
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:

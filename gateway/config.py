@@ -15,6 +15,10 @@ class UpstreamSettings(BaseModel):
     retry_attempts: int = Field(3, ge=2, le=5, description="gRPC attempts for UNAVAILABLE (first call included).")
 
 
+class GpuUpstream(UpstreamSettings):
+    addresses: str = "127.0.0.1:50051"
+
+
 class EmbeddingUpstream(UpstreamSettings):
     addresses: str = "127.0.0.1:50052"
 
@@ -43,6 +47,7 @@ class GatewaySettings(BaseSettings):
     log_level: str = Field("INFO", validation_alias=AliasChoices("TORCHGATE_LOG_LEVEL", "log_level"))
     log_format: str = Field("json", validation_alias=AliasChoices("TORCHGATE_LOG_FORMAT", "log_format"))
     otlp_endpoint: str = Field("", validation_alias=AliasChoices("TORCHGATE_OTLP_ENDPOINT", "otlp_endpoint"))
+    gpu: GpuUpstream = Field(default_factory=GpuUpstream, description="GPU management upstream.")
     embedding: EmbeddingUpstream = Field(default_factory=EmbeddingUpstream, description="Embedding upstream.")
     reranking: RerankingUpstream = Field(default_factory=RerankingUpstream, description="Reranking upstream.")
     classifier: ClassifierUpstream = Field(default_factory=ClassifierUpstream, description="Classifier upstream.")

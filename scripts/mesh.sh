@@ -7,7 +7,7 @@ PYTHON=${TORCHGATE_PYTHON:-.venv/bin/python}
 [ -x "$PYTHON" ] || PYTHON=python3
 
 # Worker name -> default gRPC port and gRPC service; start order is this order.
-WORKERS=(embedding reranking classifier)
+WORKERS=(gpu embedding reranking classifier)
 declare -A DEFAULT_PORT=([gpu]=50051 [embedding]=50052 [reranking]=50053 [classifier]=50054)
 declare -A SERVICE=(
   [gpu]=torchgate.v1.GpuService

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-_FOLDER_MARKERS = {"unit": pytest.mark.unit, "integration": pytest.mark.integration, "e2e": pytest.mark.e2e}
+_FOLDER_MARKERS = {"unit": pytest.mark.unit, "integration": pytest.mark.integration, "e2e": pytest.mark.e2e,
+                   "gpu": pytest.mark.gpu}
 
 
 def pytest_collection_modifyitems(items):

@@ -38,11 +38,13 @@ class Mesh:
 
 @pytest.fixture
 def mesh(tmp_path):
-    ports = {name: free_port() for name in ("embedding", "reranking", "classifier", "gateway")}
+    ports = {name: free_port() for name in ("gpu", "embedding", "reranking", "classifier", "gateway")}
     env = {
         **os.environ,
         "TORCHGATE_RUN_DIR": str(tmp_path / "run"),
         "TORCHGATE_PYTHON": sys.executable,
+        "TORCHGATE_GPU_PORT": str(ports["gpu"]),
+        "TORCHGATE_GPU_METRICS_PORT": "0",
         "TORCHGATE_EMBEDDING_PORT": str(ports["embedding"]),
         "TORCHGATE_EMBEDDING_METRICS_PORT": "0",
         "TORCHGATE_RERANKING_PORT": str(ports["reranking"]),

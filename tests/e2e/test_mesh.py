@@ -43,6 +43,9 @@ def test_the_mesh_serves_survives_a_dead_worker_and_stops_cleanly(mesh):
         too_many = client.post("/api/v1/intents/classify/batch", json={"texts": ["hi"] * 101})
         assert too_many.status_code == 413
 
+        gpu_status = client.get("/v1/gpu/status")
+        assert gpu_status.status_code == 200 and "cuda_available" in gpu_status.json()
+
         healthy = mesh.script("health.sh")
         assert healthy.returncode == 0 and "SERVING" in healthy.stdout, healthy.stdout
 

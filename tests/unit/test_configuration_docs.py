@@ -4,10 +4,11 @@ from pathlib import Path
 from gateway.config import GatewaySettings, UpstreamSettings
 from services.classifier.settings import ClassifierSettings
 from services.embedding.settings import EmbeddingSettings
+from services.gpu.settings import GpuSettings
 from services.reranking.settings import RerankingSettings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-WORKER_SETTINGS = {"EMBEDDING": EmbeddingSettings, "RERANKING": RerankingSettings,
+WORKER_SETTINGS = {"GPU": GpuSettings, "EMBEDDING": EmbeddingSettings, "RERANKING": RerankingSettings,
                    "CLASSIFIER": ClassifierSettings}
 
 

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from gateway.app import create_app
-from gateway.config import ClassifierUpstream, EmbeddingUpstream, GatewaySettings, RerankingUpstream
+from gateway.config import ClassifierUpstream, EmbeddingUpstream, GatewaySettings, GpuUpstream, RerankingUpstream
 from services.classifier.servicer import ClassifierServicer
 from services.classifier.settings import ClassifierSettings
 from services.embedding.servicer import EmbeddingServicer
@@ -57,10 +57,12 @@ def unused_address() -> str:
 
 @asynccontextmanager
 async def gateway_client(addresses: str, api_keys: str = "", max_body_bytes: int = 8 * 1024 * 1024,
-                         reranking: str | None = None, classifier: str | None = None, **upstream):
+                         reranking: str | None = None, classifier: str | None = None, gpu: str | None = None,
+                         **upstream):
     settings = GatewaySettings(embedding=EmbeddingUpstream(addresses=addresses, **upstream),
                                reranking=RerankingUpstream(addresses=reranking or unused_address()),
                                classifier=ClassifierUpstream(addresses=classifier or unused_address()),
+                               gpu=GpuUpstream(addresses=gpu or unused_address()),
                                api_keys=api_keys, max_body_bytes=max_body_bytes)
     app = create_app(settings)
     async with app.router.lifespan_context(app):

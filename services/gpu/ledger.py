@@ -1,0 +1,54 @@
+"""In-memory ledger of GPU memory reservations, with expiry."""
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from services.runtime.errors import NotFound, Overloaded
+
+
+@dataclass
+class Reservation:
+    lease_id: str
+    service: str
+    device: int
+    memory_mb: int
+    expires_at: float
+
+
+class Ledger:
+    """Grants a reservation when the device's free memory minus active leases covers it."""
+
+    def __init__(self, clock: Callable[[], float] = time.time):
+        self.clock = clock
+        self._leases: dict[str, Reservation] = {}
+
+    def active(self) -> list[Reservation]:
+        now = self.clock()
+        for lease_id in [lease_id for lease_id, lease in self._leases.items() if lease.expires_at <= now]:
+            del self._leases[lease_id]
+        return list(self._leases.values())
+
+    def reserved_mb(self, device: int) -> int:
+        return sum(lease.memory_mb for lease in self.active() if lease.device == device)
+
+    def reserve(self, service: str, memory_mb: int, ttl_s: float, free_mb: dict[int, int],
+                device: int | None = None) -> Reservation:
+        """`free_mb` maps each device index to its free memory now."""
+        if not free_mb:
+            raise Overloaded("no CUDA device on this machine to reserve memory on")
+        if device is not None and device not in free_mb:
+            raise NotFound(f"no device {device}; this machine has devices {sorted(free_mb)}")
+        available = {index: free - self.reserved_mb(index) for index, free in free_mb.items()}
+        chosen = device if device is not None else max(available, key=available.get)
+        if available[chosen] < memory_mb:
+            raise Overloaded(f"device {chosen} has {max(available[chosen], 0)} MB unreserved; {memory_mb} MB asked")
+        lease = Reservation(uuid.uuid4().hex, service, chosen, memory_mb, self.clock() + ttl_s)
+        self._leases[lease.lease_id] = lease
+        return lease
+
+    def release(self, lease_id: str) -> None:
+        self.active()
+        if self._leases.pop(lease_id, None) is None:
+            raise NotFound(f"no active lease {lease_id!r} (released already, or expired)")

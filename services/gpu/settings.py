@@ -1,0 +1,14 @@
+"""GPU worker settings: TORCHGATE_GPU_*."""
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.runtime.config import WorkerSettings
+
+
+class GpuSettings(WorkerSettings):
+    model_config = SettingsConfigDict(env_prefix="TORCHGATE_GPU_")
+
+    port: int = Field(50051, description="gRPC port.")
+    metrics_port: int = Field(9451, description="Prometheus /metrics HTTP port; 0 disables it.")
+    lease_ttl_s: int = Field(300, ge=1, description="Default lifetime of a memory reservation.")
