@@ -8,6 +8,7 @@ from gateway.errors import ApiError
 from gateway.upstream import Upstream
 
 TIMEOUT_HEADER = "X-Request-Timeout"
+MAX_TIMEOUT_S = 600
 
 
 def upstream(request: Request, name: str) -> Upstream:
@@ -18,8 +19,10 @@ def upstream(request: Request, name: str) -> Upstream:
     return client
 
 
-def request_timeout(request: Request, client: Upstream) -> float:
-    """The request's deadline in seconds: the X-Request-Timeout header, else the upstream's default."""
+def request_timeout(request: Request, client: Upstream, body_timeout: float | None = None) -> float:
+    """The request's deadline in seconds: the body's `timeout`, the X-Request-Timeout header, or the default."""
+    if body_timeout is not None:
+        return body_timeout
     raw = request.headers.get(TIMEOUT_HEADER)
     if raw is None:
         return client.settings.timeout_s
@@ -27,8 +30,9 @@ def request_timeout(request: Request, client: Upstream) -> float:
         timeout = float(raw)
     except ValueError:
         timeout = -1.0
-    if not 0 < timeout <= 600:
-        raise ApiError(400, "invalid_request_error", f"{TIMEOUT_HEADER} must be a number of seconds in (0, 600]")
+    if not 0 < timeout <= MAX_TIMEOUT_S:
+        raise ApiError(400, "invalid_request_error",
+                       f"{TIMEOUT_HEADER} must be a number of seconds in (0, {MAX_TIMEOUT_S}]")
     return timeout
 
 

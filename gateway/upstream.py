@@ -90,6 +90,8 @@ class BreakerMonitor(pybreaker.CircuitBreakerListener):
     def state_change(self, cb, old_state, new_state) -> None:
         if new_state.name == pybreaker.STATE_OPEN:
             self.opened_at = time.monotonic()
+        if old_state and old_state.name == new_state.name:
+            return  # a call that was in flight when the breaker opened failed too: not a transition
         BREAKER_STATE.labels(self.upstream).set(_STATE_VALUES[new_state.name])
         log.warning("circuit breaker %s -> %s", old_state.name if old_state else None, new_state.name,
                     extra={"upstream": self.upstream, "failures": cb.fail_counter})

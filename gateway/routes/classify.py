@@ -21,6 +21,7 @@ class ClassifyRequest(BaseModel):
     texts: list[str] | None = Field(None, description="Several texts.")
     top_k: int | None = Field(None, ge=1, le=100, description="How many intents to list per text (3 by default).")
     model: str | None = Field(None, description="The served model id; empty for the default.")
+    timeout: float | None = Field(None, gt=0, le=600, description="Deadline in seconds (else X-Request-Timeout).")
 
     @model_validator(mode="after")
     def one_of_text_or_texts(self):
@@ -37,11 +38,11 @@ class BetterPromptsBatchRequest(BaseModel):
     texts: list[str] = Field(description=f"At most {MAX_BATCH} texts.")
 
 
-async def _classify(request: Request, texts: list[str], top_k: int = 0,
-                    model: str = "") -> classifier_pb2.ClassifyResponse:
+async def _classify(request: Request, texts: list[str], top_k: int = 0, model: str = "",
+                    timeout: float | None = None) -> classifier_pb2.ClassifyResponse:
     client = upstream(request, "classifier")
     return await client.call("Classify", classifier_pb2.ClassifyRequest(texts=texts, top_k=top_k, model=model),
-                             request_timeout(request, client))
+                             request_timeout(request, client, timeout))
 
 
 def _score(value: float) -> float:
@@ -77,7 +78,7 @@ def _better_prompts(result: classifier_pb2.Classification, reply: classifier_pb2
 @router.post("/v1/classify", response_class=JSONResponse)
 async def classify(body: ClassifyRequest, request: Request):
     texts = [body.text] if body.text is not None else body.texts
-    reply = await _classify(request, texts, body.top_k or 0, body.model or "")
+    reply = await _classify(request, texts, body.top_k or 0, body.model or "", body.timeout)
     return JSONResponse({"results": [_result(r) for r in reply.results], "model": reply.model,
                          "usage": {"total_tokens": reply.usage.total_tokens}})
 

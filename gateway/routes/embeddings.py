@@ -23,6 +23,7 @@ class EmbeddingsRequest(BaseModel):
     dimensions: int | None = Field(None, ge=1, description="Keep only the first N dimensions (then re-normalize).")
     user: str | None = Field(None, description="Accepted for OpenAI compatibility; unused.")
     truncate: bool = Field(True, description="Cut texts longer than the model's limit; false makes them a 400.")
+    timeout: float | None = Field(None, gt=0, le=600, description="Deadline in seconds (else X-Request-Timeout).")
 
 
 @router.post("/v1/embeddings", response_class=JSONResponse)
@@ -33,7 +34,7 @@ async def create_embeddings(body: EmbeddingsRequest, request: Request):
         "Embed",
         embedding_pb2.EmbedRequest(texts=texts, normalize=True, truncate=body.truncate,
                                    dimensions=body.dimensions or 0, model=body.model or ""),
-        request_timeout(request, client),
+        request_timeout(request, client, body.timeout),
     )
     return JSONResponse({
         "object": "list",

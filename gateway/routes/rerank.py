@@ -23,6 +23,7 @@ class RerankRequest(BaseModel):
     return_documents: bool = Field(False, description="Echo each document in its result.")
     raw_scores: bool = Field(False, description="Logits instead of the model's activation.")
     model: str | None = Field(None, description="The served model id; empty for the default.")
+    timeout: float | None = Field(None, gt=0, le=600, description="Deadline in seconds (else X-Request-Timeout).")
 
 
 @router.post("/v1/rerank", response_class=JSONResponse)
@@ -34,7 +35,7 @@ async def rerank(body: RerankRequest, request: Request):
         reranking_pb2.RerankRequest(query=body.query, documents=documents, top_n=body.top_n or 0,
                                     return_documents=body.return_documents, raw_scores=body.raw_scores,
                                     model=body.model or ""),
-        request_timeout(request, client),
+        request_timeout(request, client, body.timeout),
     )
     return JSONResponse({
         "model": reply.model,

@@ -1,0 +1,113 @@
+"""Real worker and gateway processes for the fault tests, and a bounded closed-loop REST load."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from tests.e2e.conftest import ROOT, free_port
+from torchgate.health_probe import check
+
+
+class Service:
+    """One process of ours, logging to a file, that a test can kill, pause and resume."""
+
+    def __init__(self, module: str, env: dict[str, str], log: Path):
+        self.log = log
+        self.process = subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env={**os.environ, **env},
+                                        stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.kill()
+            self.process.wait(10)
+
+
+def start_embedding_worker(port: int, log_dir: Path, **settings: str) -> Service:
+    env = {"TORCHGATE_EMBEDDING_PORT": str(port), "TORCHGATE_EMBEDDING_METRICS_PORT": "0",
+           "TORCHGATE_LOG_FORMAT": "text", "TORCHGATE_EMBEDDING_GRACE_PERIOD_S": "10",
+           **{f"TORCHGATE_EMBEDDING_{k.upper()}": v for k, v in settings.items()}}
+    return Service("services.embedding", env, log_dir / f"embedding-{port}.log")
+
+
+def wait_serving(*ports: int, timeout: float = 180) -> None:
+    give_up = time.monotonic() + timeout
+    for port in ports:
+        while check(f"127.0.0.1:{port}", "torchgate.v1.EmbeddingService", timeout=1) != "SERVING":
+            assert time.monotonic() < give_up, f"worker on {port} did not become SERVING"
+            time.sleep(0.3)
+
+
+def start_gateway(ports: list[int], log_dir: Path, **upstream: str) -> tuple[Service, str]:
+    port = free_port()
+    env = {"TORCHGATE_GATEWAY_PORT": str(port), "TORCHGATE_LOG_FORMAT": "text",
+           "TORCHGATE_GATEWAY_EMBEDDING__ADDRESSES": ",".join(f"127.0.0.1:{p}" for p in ports),
+           **{f"TORCHGATE_GATEWAY_EMBEDDING__{k.upper()}": v for k, v in upstream.items()}}
+    service = Service("gateway", env, log_dir / "gateway.log")
+    url = f"http://127.0.0.1:{port}"
+    give_up = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/health/live", timeout=1).status_code == 200:
+                return service, url
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < give_up, "gateway did not start"
+        time.sleep(0.2)
+
+
+@dataclass
+class Answer:
+    status: int          # HTTP status; 0 = no answer before the client gave up (a hang)
+    started: float       # time.monotonic()
+    elapsed: float
+    retry_after: str | None
+
+
+async def closed_loop(url: str, concurrency: int, seconds: float, deadline_s: float,
+                      texts: list[str] | None = None) -> list[Answer]:
+    """`concurrency` callers POST /v1/embeddings back to back for `seconds`; every call is recorded."""
+    body = {"input": texts or ["the quick brown fox jumps over the lazy dog"]}
+    headers = {"X-Request-Timeout": str(deadline_s)}
+    answers: list[Answer] = []
+    stop_at = time.monotonic() + seconds
+    limits = httpx.Limits(max_connections=256)
+    async with httpx.AsyncClient(base_url=url, timeout=deadline_s + 5, limits=limits) as client:
+
+        async def caller() -> None:
+            while time.monotonic() < stop_at:
+                started = time.monotonic()
+                try:
+                    reply = await client.post("/v1/embeddings", json=body, headers=headers)
+                    status, retry_after = reply.status_code, reply.headers.get("Retry-After")
+                except httpx.TimeoutException:
+                    status, retry_after = 0, None
+                answers.append(Answer(status, started, time.monotonic() - started, retry_after))
+                if status != 200:
+                    await asyncio.sleep(0.01)
+
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return answers
+
+
+def p99_ms(answers: list[Answer]) -> float:
+    return float(np.percentile([a.elapsed * 1000 for a in answers], 99)) if answers else 0.0
+
+
+def report(name: str, **numbers) -> None:
+    """One line a test prints for the record (`pytest -s tests/e2e/test_faults.py` shows them)."""
+    print(f"\nFAULTS {name}: " + ", ".join(f"{k}={v}" for k, v in numbers.items()))
