@@ -8,7 +8,7 @@ import numpy as np
 from services.classifier.examples import load_examples
 from services.classifier.head import softmax, train
 from services.embedding.adapter import EmbeddingAdapter
-from services.runtime.adapter import ModelAdapter, ModelDescription, Prepared
+from services.runtime.adapter import ModelAdapter, ModelDescription, ModelSpec, Prepared
 from services.runtime.device import place
 from services.runtime.models import resolve_model
 from services.runtime.sequence_classification import SequenceClassification
@@ -67,25 +67,23 @@ class FewShotAdapter(ModelAdapter):
 class CheckpointAdapter(ModelAdapter):
     """Any Hugging Face sequence-classification directory (e.g. a fine-tuned DeBERTa); labels from its config."""
 
-    def __init__(self, model_id: str, device: str = "auto", dtype: str = "auto", cpu_threads: int = 0,
-                 pack_length: int = 128):
-        self.model_id = model_id
-        self.requested_device, self.requested_dtype = device, dtype
-        self.cpu_threads = cpu_threads
-        self.pack_length = pack_length
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        self.model_id = spec.model_id
 
     def load(self) -> ModelDescription:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         path = resolve_model(self.model_id)
-        device, dtype = place(self.requested_device, self.requested_dtype, self.cpu_threads)
+        device, dtype = place(self.spec.device, self.spec.dtype, self.spec.cpu_threads)
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         model = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True)
         model = model.to(device=device, dtype=dtype).eval()
         config = model.config
         self.labels = [config.id2label[i] for i in range(config.num_labels)]
         self.max_tokens = min(tokenizer.model_max_length, getattr(config, "max_position_embeddings", 512))
-        self.classification = SequenceClassification(model, tokenizer, self.max_tokens, device, self.pack_length)
+        self.classification = SequenceClassification(model, tokenizer, self.max_tokens, device,
+                                                     self.spec.pack_length)
         self.packs_sequences = self.classification.packs_sequences
         return ModelDescription(model_id=self.model_id, model_path=str(path), device=device,
                                 dtype=str(dtype).removeprefix("torch."), max_input_tokens=self.max_tokens,

@@ -8,6 +8,7 @@ from services.classifier.adapter import CheckpointAdapter, FewShotAdapter
 from services.classifier.complexity import LEVELS, TechniqueTable, complexity
 from services.classifier.settings import ClassifierSettings
 from services.embedding.adapter import EmbeddingAdapter
+from services.runtime.adapter import ModelSpec
 from services.runtime.servicer import ModelServicer, timing
 from services.runtime.validation import validate_model_name, validate_texts
 from torchgate.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
@@ -66,9 +67,9 @@ class ClassifierServicer(ModelServicer, classifier_pb2_grpc.ClassifierServiceSer
 
 
 def build(settings: ClassifierSettings) -> ClassifierServicer:
+    spec = ModelSpec.from_settings(settings)
     if settings.backend == "checkpoint":
-        adapter = CheckpointAdapter(settings.model, settings.device, settings.dtype, settings.cpu_threads)
+        adapter = CheckpointAdapter(spec)
     else:
-        embedding = EmbeddingAdapter(settings.model, settings.device, settings.dtype, settings.cpu_threads)
-        adapter = FewShotAdapter(embedding, settings.examples)
+        adapter = FewShotAdapter(EmbeddingAdapter(spec), settings.examples)
     return ClassifierServicer(adapter, settings)

@@ -4,7 +4,7 @@ import logging
 
 import numpy as np
 
-from services.runtime.adapter import ModelAdapter, ModelDescription, Prepared
+from services.runtime.adapter import ModelAdapter, ModelDescription, ModelSpec, Prepared
 from services.runtime.device import place
 from services.runtime.models import resolve_model
 from services.runtime.packing import PackedBatch, mean_pool, pack
@@ -22,20 +22,16 @@ class EmbeddingAdapter(ModelAdapter):
     services/runtime/packing.py); any other model runs through its own modules on padded batches.
     """
 
-    def __init__(self, model_id: str, device: str = "auto", dtype: str = "auto", cpu_threads: int = 0,
-                 pack_length: int = 128):
-        self.model_id = model_id
-        self.requested_device = device
-        self.requested_dtype = dtype
-        self.cpu_threads = cpu_threads
-        self.pack_length = pack_length
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        self.model_id = spec.model_id
 
     def load(self) -> ModelDescription:
         import torch
         from sentence_transformers import SentenceTransformer
 
         path = resolve_model(self.model_id)
-        self.device, self.dtype = place(self.requested_device, self.requested_dtype, self.cpu_threads)
+        self.device, self.dtype = place(self.spec.device, self.spec.dtype, self.spec.cpu_threads)
         self.model = SentenceTransformer(str(path), device=self.device, local_files_only=True)
         self.model.to(self.dtype).eval()
         self.max_tokens = self.model.max_seq_length
@@ -75,7 +71,7 @@ class EmbeddingAdapter(ModelAdapter):
     def preprocess(self, texts: list[str]) -> Prepared:
         if self.packs_sequences:
             ids = self.tokenizer(texts, truncation=True, max_length=self.max_tokens)["input_ids"]
-            batch = pack(ids, self.pack_length, self.tokenizer.pad_token_id or 0)
+            batch = pack(ids, self.spec.pack_length, self.tokenizer.pad_token_id or 0)
             if self._pin:
                 batch = batch.map_tensors(lambda tensor: tensor.pin_memory())
             return Prepared(batch, batch.lengths)

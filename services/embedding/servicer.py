@@ -7,6 +7,7 @@ import numpy as np
 
 from services.embedding.adapter import EmbeddingAdapter
 from services.embedding.settings import EmbeddingSettings
+from services.runtime.adapter import ModelSpec
 from services.runtime.errors import InvalidInput
 from services.runtime.servicer import ModelServicer, timing
 from services.runtime.validation import validate_model_name, validate_texts
@@ -61,6 +62,4 @@ class EmbeddingServicer(ModelServicer, embedding_pb2_grpc.EmbeddingServiceServic
 
 
 def build(settings: EmbeddingSettings) -> EmbeddingServicer:
-    return EmbeddingServicer(EmbeddingAdapter(
-        settings.model, settings.device, settings.dtype, settings.cpu_threads, settings.pack_length
-    ), settings)
+    return EmbeddingServicer(EmbeddingAdapter(ModelSpec.from_settings(settings)), settings)

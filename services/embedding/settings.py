@@ -13,6 +13,3 @@ class EmbeddingSettings(ModelWorkerSettings):
     metrics_port: int = Field(9452, description="Prometheus /metrics HTTP port; 0 disables it.")
     model: str = Field("sentence-transformers/all-MiniLM-L6-v2",
                        description="Model id (bundled, Hugging Face cache) or local directory.")
-    pack_length: int = Field(
-        128, ge=16, description="Row length of packed batches (BERT mean-pooling models); 128 measured best on CPU."
-    )

@@ -5,7 +5,7 @@ import logging
 import numpy as np
 
 from services.embedding.adapter import EmbeddingAdapter
-from services.runtime.adapter import ModelAdapter, ModelDescription, Prepared
+from services.runtime.adapter import ModelAdapter, ModelDescription, ModelSpec, Prepared
 from services.runtime.device import place
 from services.runtime.models import resolve_model
 from services.runtime.sequence_classification import SequenceClassification
@@ -24,25 +24,22 @@ class CrossEncoderAdapter(ModelAdapter):
     Pairs longer than the model's max length are truncated, longest part first.
     """
 
-    def __init__(self, model_id: str, device: str = "auto", dtype: str = "auto", cpu_threads: int = 0,
-                 pack_length: int = 256):
-        self.model_id = model_id
-        self.requested_device, self.requested_dtype = device, dtype
-        self.cpu_threads = cpu_threads
-        self.pack_length = pack_length
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        self.model_id = spec.model_id
 
     def load(self) -> ModelDescription:
         import torch
         from sentence_transformers import CrossEncoder
 
         path = resolve_model(self.model_id)
-        device, dtype = place(self.requested_device, self.requested_dtype, self.cpu_threads)
+        device, dtype = place(self.spec.device, self.spec.dtype, self.spec.cpu_threads)
         encoder = CrossEncoder(str(path), device=device, local_files_only=True)
         if encoder.num_labels != 1:
             raise ValueError(f"{self.model_id} has {encoder.num_labels} labels; a reranker needs exactly 1")
         model = encoder.transformers_model.to(dtype).eval()
         self.classification = SequenceClassification(model, encoder.tokenizer, encoder.max_length, device,
-                                                     self.pack_length)
+                                                     self.spec.pack_length)
         self.packs_sequences = self.classification.packs_sequences
         self.max_tokens = encoder.max_length
         self.activation = encoder.activation_fn or torch.nn.Identity()

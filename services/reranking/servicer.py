@@ -6,7 +6,7 @@ import time
 from services.embedding.adapter import EmbeddingAdapter
 from services.reranking.adapter import CrossEncoderAdapter, EmbeddingFallbackAdapter
 from services.reranking.settings import RerankingSettings
-from services.runtime.adapter import ModelAdapter
+from services.runtime.adapter import ModelAdapter, ModelSpec
 from services.runtime.errors import ModelNotFound
 from services.runtime.models import resolve_model
 from services.runtime.servicer import ModelServicer, timing
@@ -49,8 +49,7 @@ class RerankingServicer(ModelServicer, reranking_pb2_grpc.RerankingServiceServic
 
 def choose_adapter(settings: RerankingSettings) -> ModelAdapter:
     """The configured cross-encoder, or the embedding fallback when allowed and the model is not offline."""
-    cross_encoder = CrossEncoderAdapter(settings.model, settings.device, settings.dtype, settings.cpu_threads,
-                                        settings.pack_length)
+    cross_encoder = CrossEncoderAdapter(ModelSpec.from_settings(settings))
     try:
         resolve_model(settings.model)
         return cross_encoder
@@ -63,7 +62,7 @@ def choose_adapter(settings: RerankingSettings) -> ModelAdapter:
     reason = (f"cross-encoder {settings.model!r} is not available offline; scoring with the cosine similarity "
               f"of {settings.fallback_model!r} embeddings")
     log.warning("reranking fallback in use: %s", reason)
-    embedding = EmbeddingAdapter(settings.fallback_model, settings.device, settings.dtype, settings.cpu_threads)
+    embedding = EmbeddingAdapter(ModelSpec.from_settings(settings, settings.fallback_model))
     return EmbeddingFallbackAdapter(settings.model, embedding, reason)
 
 

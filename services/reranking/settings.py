@@ -23,4 +23,4 @@ class RerankingSettings(ModelWorkerSettings):
         "sentence-transformers/all-MiniLM-L6-v2", description="Embedding model of the fallback."
     )
     max_items_per_request: int = Field(1000, ge=1, description="Most documents in one request.")
-    pack_length: int = Field(256, ge=16, description="Row length of packed batches (BERT cross-encoders).")
+    pack_length: int = Field(256, ge=16, description="Row length of packed batches (query+document pairs).")

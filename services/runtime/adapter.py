@@ -5,6 +5,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model an adapter loads and how: the part of a model worker's settings adapters need."""
+
+    model_id: str
+    device: str = "auto"
+    dtype: str = "auto"
+    cpu_threads: int = 0
+    pack_length: int = 128
+
+    @classmethod
+    def from_settings(cls, settings, model_id: str | None = None) -> "ModelSpec":
+        return cls(model_id or settings.model, settings.device, settings.dtype, settings.cpu_threads,
+                   settings.pack_length)
+
+
 @dataclass
 class Prepared:
     """A tokenized batch: model inputs plus the real token count of each input (for usage)."""

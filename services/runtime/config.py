@@ -40,6 +40,7 @@ class ModelWorkerSettings(WorkerSettings):
     device: str = Field("auto", description="`auto` (CUDA when usable, else CPU), `cpu`, `cuda` or `cuda:N`.")
     dtype: str = Field("auto", description="`auto` (fp16 on CUDA, fp32 on CPU), `float32`, `float16`, `bfloat16`.")
     cpu_threads: int = Field(0, ge=0, description="Torch intra-op threads on CPU; 0 means every available core.")
+    pack_length: int = Field(128, ge=16, description="Row length of packed batches (BERT models).")
     max_batch_size: int = Field(64, ge=1, description="Most inputs in one forward pass.")
     max_batch_tokens: int = Field(
         4096, ge=16, description="Most padded tokens (inputs x longest input) in one forward pass."

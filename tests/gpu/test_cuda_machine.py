@@ -36,10 +36,11 @@ def test_fp16_embeddings_on_cuda_match_cpu_fp32():
     from sentence_transformers import SentenceTransformer
 
     from services.embedding.adapter import EmbeddingAdapter
+    from services.runtime.adapter import ModelSpec
     from services.runtime.models import resolve_model
 
     texts = ["The cat sat on the mat.", "GPUs multiply matrices quickly.", "word " * 200]
-    adapter = EmbeddingAdapter("sentence-transformers/all-MiniLM-L6-v2", device="cuda", dtype="auto")
+    adapter = EmbeddingAdapter(ModelSpec("sentence-transformers/all-MiniLM-L6-v2", device="cuda"))
     described = adapter.load()
     assert (described.device, described.dtype) == ("cuda", "float16")
     served = adapter.postprocess(*(lambda p: (p, adapter.forward(p)))(adapter.preprocess(texts)))

@@ -18,34 +18,37 @@ from services.runtime.worker import Worker
 from tests.fakes import FakeAdapter, FakeIntentAdapter, FakePairAdapter
 
 
+@asynccontextmanager
+async def serving(servicer):
+    """A real worker runtime around `servicer` on a free loopback port, SERVING until the block ends."""
+    worker = Worker(servicer, servicer.settings)
+    await worker.start()
+    await worker.wait_serving()
+    try:
+        yield worker
+    finally:
+        await worker.stop(0)
+
+
 @pytest.fixture
 async def fake_embedding_worker():
     settings = EmbeddingSettings(port=0, metrics_port=0, max_items_per_request=16, grace_period_s=1)
-    worker = Worker(EmbeddingServicer(FakeAdapter(), settings), settings)
-    await worker.start()
-    await worker.wait_serving()
-    yield worker
-    await worker.stop(0)
+    async with serving(EmbeddingServicer(FakeAdapter(), settings)) as worker:
+        yield worker
 
 
 @pytest.fixture
 async def fake_reranking_worker():
     settings = RerankingSettings(port=0, metrics_port=0, max_items_per_request=4, grace_period_s=1)
-    worker = Worker(RerankingServicer(FakePairAdapter(), settings), settings)
-    await worker.start()
-    await worker.wait_serving()
-    yield worker
-    await worker.stop(0)
+    async with serving(RerankingServicer(FakePairAdapter(), settings)) as worker:
+        yield worker
 
 
 @pytest.fixture
 async def fake_classifier_worker():
     settings = ClassifierSettings(port=0, metrics_port=0, grace_period_s=1)
-    worker = Worker(ClassifierServicer(FakeIntentAdapter(), settings), settings)
-    await worker.start()
-    await worker.wait_serving()
-    yield worker
-    await worker.stop(0)
+    async with serving(ClassifierServicer(FakeIntentAdapter(), settings)) as worker:
+        yield worker
 
 
 def unused_address() -> str:

@@ -2,18 +2,13 @@ import pytest
 
 from services.gpu.servicer import GpuServicer
 from services.gpu.settings import GpuSettings
-from services.runtime.worker import Worker
-from tests.unit.gateway.conftest import gateway_client, unused_address
+from tests.unit.gateway.conftest import gateway_client, serving, unused_address
 
 
 @pytest.fixture
 async def gpu_worker():
-    settings = GpuSettings(port=0, metrics_port=0)
-    worker = Worker(GpuServicer(settings), settings)
-    await worker.start()
-    await worker.wait_serving()
-    yield worker
-    await worker.stop(0)
+    async with serving(GpuServicer(GpuSettings(port=0, metrics_port=0))) as worker:
+        yield worker
 
 
 async def test_gpu_routes_answer_on_a_cpu_machine_and_unknown_devices_are_404(gpu_worker):
