@@ -87,7 +87,7 @@ class _Item:
 
 
 class DynamicBatcher:
-    """One per loaded model: a bounded queue in front of a tokenizer thread and a device thread."""
+    """One per loaded model: a bounded queue in front of one device thread."""
 
     def __init__(self, adapter: ModelAdapter, config: BatchingConfig, metrics: BatcherMetrics | None = None):
         self.adapter = adapter
@@ -99,10 +99,6 @@ class DynamicBatcher:
         self._accepting = False
         self._tasks: list[asyncio.Task] = []
         self._device_pool = ThreadPoolExecutor(1, thread_name_prefix="device")
-
-    @property
-    def queued_items(self) -> int:
-        return len(self._pending)
 
     async def start(self) -> None:
         self._arrived = asyncio.Event()
