@@ -109,12 +109,13 @@ def main() -> None:
     args = parser.parse_args()
     names = args.scenarios.split(",")
 
+    machine = describe_machine()
     ceilings = {name: run_json([sys.executable, "-m", "bench.inprocess", name, str(args.corpus)]) for name in names}
     rows = []
     with Mesh(sorted({SCENARIOS[name].worker for name in names})) as mesh:
         for name in names:
             scenario = SCENARIOS[name]
-            for concurrency, per_call in scenario.loads:
+            for concurrency, per_call in scenario.loads + (scenario.gpu_loads if machine["gpu"] else ()):
                 direct = grpc_load(mesh, name, concurrency, per_call, args.seconds, args.warmup)
                 rest = rest_load(mesh, scenario, concurrency, per_call, args.seconds, args.warmup)
                 ceiling = ceilings[name]["rate"]
@@ -126,7 +127,7 @@ def main() -> None:
                 })
         rss = mesh.rss()
 
-    report = {"machine": describe_machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    report = {"machine": machine, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "seconds_per_load": args.seconds, "rows": rows, "rss_mb": rss}
     print_table(report)
     out = ROOT / "bench/results" / f"{time.strftime('%Y%m%d-%H%M%S')}-{platform.node() or 'host'}.json"

@@ -27,6 +27,7 @@ class Scenario:
     grpc_method: Callable[[object], Callable]
     grpc_requests: Callable[[list[str], int], list]
     rest_bodies: Callable[[list[str], int], list[bytes]]
+    gpu_loads: tuple[tuple[int, int], ...] = ()
 
 
 def _chunks(corpus: list[str], size: int) -> list[list[str]]:
@@ -80,6 +81,7 @@ SCENARIOS = {
         unit="texts",
         batch_sizes=(16, 32, 64),
         loads=((1, 1), (32, 1), (8, 8)),
+        gpu_loads=((64, 32),),
         items=lambda corpus: corpus,
         in_process=_embedding_in_process,
         grpc_method=lambda channel: embedding_pb2_grpc.EmbeddingServiceStub(channel).Embed,

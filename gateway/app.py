@@ -14,6 +14,7 @@ from gateway.upstream import Upstream
 from torchgate import __version__
 from torchgate.logs import configure_logging
 from torchgate.telemetry import configure_tracing
+from torchgate.tls import channel_credentials
 from torchgate.v1 import (
     classifier_pb2,
     classifier_pb2_grpc,
@@ -55,8 +56,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
             interceptors = aio_client_interceptors()
+        credentials = (channel_credentials(settings.tls_ca, settings.tls_cert, settings.tls_key)
+                       if settings.tls_ca else None)
         app.state.upstreams = {
-            name: Upstream(name, service, stub, getattr(settings, name), interceptors)
+            name: Upstream(name, service, stub, getattr(settings, name), interceptors, credentials,
+                           settings.tls_server_name)
             for name, (service, stub) in UPSTREAMS.items()
         }
         log.info("gateway ready", extra={"upstreams": {n: getattr(settings, n).addresses for n in UPSTREAMS}})

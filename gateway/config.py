@@ -47,6 +47,12 @@ class GatewaySettings(BaseSettings):
     log_level: str = Field("INFO", validation_alias=AliasChoices("TORCHGATE_LOG_LEVEL", "log_level"))
     log_format: str = Field("json", validation_alias=AliasChoices("TORCHGATE_LOG_FORMAT", "log_format"))
     otlp_endpoint: str = Field("", validation_alias=AliasChoices("TORCHGATE_OTLP_ENDPOINT", "otlp_endpoint"))
+    tls_ca: str = Field("", description="CA (PEM) the workers' certificates are checked against; set for TLS.")
+    tls_cert: str = Field("", description="Client certificate (PEM) presented to workers (mTLS).")
+    tls_key: str = Field("", description="Client private key (PEM).")
+    tls_server_name: str = Field(
+        "", description="Name the workers' certificates must carry when upstreams are IP addresses (e.g. localhost)."
+    )
     gpu: GpuUpstream = Field(default_factory=GpuUpstream, description="GPU management upstream.")
     embedding: EmbeddingUpstream = Field(default_factory=EmbeddingUpstream, description="Embedding upstream.")
     reranking: RerankingUpstream = Field(default_factory=RerankingUpstream, description="Reranking upstream.")

@@ -101,13 +101,18 @@ class Upstream:
     """Calls one worker service through its breaker, bulkhead and deadline; probes its health."""
 
     def __init__(self, name: str, service: str, stub_class: type, settings: UpstreamSettings,
-                 interceptors: list | None = None):
+                 interceptors: list | None = None, credentials: grpc.ChannelCredentials | None = None,
+                 tls_server_name: str = ""):
         self.name = name
         self.service = service
         self.settings = settings
-        self.channel = grpc.aio.insecure_channel(
-            grpc_target(settings.addresses), options=channel_options(service, settings), interceptors=interceptors
-        )
+        target, options = grpc_target(settings.addresses), channel_options(service, settings)
+        if credentials is None:
+            self.channel = grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+        else:
+            if tls_server_name:
+                options.append(("grpc.ssl_target_name_override", tls_server_name))
+            self.channel = grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
         self.stub = stub_class(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self.monitor = BreakerMonitor(name)

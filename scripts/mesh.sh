@@ -28,8 +28,16 @@ gateway_url() { echo "http://${TORCHGATE_GATEWAY_HOST:-127.0.0.1}:${TORCHGATE_GA
 
 pid_alive() { [ -f "$RUN_DIR/$1.pid" ] && kill -0 "$(cat "$RUN_DIR/$1.pid")" 2>/dev/null; }
 
+# Secure mode: probe with the gateway's client credentials.
+TLS_ARGS=()
+if [ -n "${TORCHGATE_GATEWAY_TLS_CA:-}" ]; then
+  TLS_ARGS=(--ca "$TORCHGATE_GATEWAY_TLS_CA" --cert "${TORCHGATE_GATEWAY_TLS_CERT:-}"
+            --key "${TORCHGATE_GATEWAY_TLS_KEY:-}" --server-name "${TORCHGATE_GATEWAY_TLS_SERVER_NAME:-}")
+fi
+
 worker_status() {
-  "$PYTHON" -m torchgate.health_probe "$(worker_host "$1"):$(worker_port "$1")" "${SERVICE[$1]}" --timeout 2
+  "$PYTHON" -m torchgate.health_probe "$(worker_host "$1"):$(worker_port "$1")" "${SERVICE[$1]}" --timeout 2 \
+    "${TLS_ARGS[@]}"
 }
 
 gateway_ready() {

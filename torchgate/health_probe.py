@@ -9,10 +9,18 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from torchgate.tls import channel_credentials
 
-def check(address: str, service: str = "", timeout: float = 2.0) -> str:
+
+def check(address: str, service: str = "", timeout: float = 2.0,
+          credentials: grpc.ChannelCredentials | None = None, server_name: str = "") -> str:
     """Return the health status name (SERVING, NOT_SERVING, ...) or UNREACHABLE."""
-    with grpc.insecure_channel(address) as channel:
+    if credentials is None:
+        channel = grpc.insecure_channel(address)
+    else:
+        options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+        channel = grpc.secure_channel(address, credentials, options=options)
+    with channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout
@@ -27,8 +35,13 @@ def main() -> int:
     parser.add_argument("address")
     parser.add_argument("service", nargs="?", default="")
     parser.add_argument("--timeout", type=float, default=2.0)
+    parser.add_argument("--ca", default="", help="CA (PEM) of the worker's certificate: probe over TLS")
+    parser.add_argument("--cert", default="", help="client certificate (PEM) for mTLS")
+    parser.add_argument("--key", default="", help="client private key (PEM) for mTLS")
+    parser.add_argument("--server-name", default="", help="name the worker's certificate carries")
     args = parser.parse_args()
-    status = check(args.address, args.service, args.timeout)
+    credentials = channel_credentials(args.ca, args.cert, args.key) if args.ca else None
+    status = check(args.address, args.service, args.timeout, credentials, args.server_name)
     print(status)
     return 0 if status == "SERVING" else 1
 

@@ -31,6 +31,12 @@ class WorkerSettings(BaseSettings):
         validation_alias=AliasChoices("TORCHGATE_OTLP_ENDPOINT", "otlp_endpoint"),
         description="OTLP/gRPC collector for traces (e.g. http://127.0.0.1:4317); empty disables tracing.",
     )
+    tls_cert: str = Field("", validation_alias=AliasChoices("TORCHGATE_TLS_CERT", "tls_cert"),
+                          description="Server certificate (PEM); set with tls_key to serve TLS only.")
+    tls_key: str = Field("", validation_alias=AliasChoices("TORCHGATE_TLS_KEY", "tls_key"),
+                         description="Server private key (PEM).")
+    tls_client_ca: str = Field("", validation_alias=AliasChoices("TORCHGATE_TLS_CLIENT_CA", "tls_client_ca"),
+                               description="CA (PEM) that signs client certificates; set for mTLS.")
 
 
 class ModelWorkerSettings(WorkerSettings):

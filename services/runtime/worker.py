@@ -22,6 +22,7 @@ from services.runtime.interceptors import StatusInterceptor
 from services.runtime.servicer import WorkerServicer
 from torchgate.logs import configure_logging
 from torchgate.telemetry import configure_tracing
+from torchgate.tls import server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +66,19 @@ class Worker:
              reflection.SERVICE_NAME),
             self.server,
         )
-        self.port = self.server.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        address, settings = f"{self.settings.host}:{self.settings.port}", self.settings
+        if settings.tls_cert:
+            credentials = server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+            self.port = self.server.add_secure_port(address, credentials)
+        else:
+            self.port = self.server.add_insecure_port(address)
         for name in ("", self.service_name):
             await self.health.set(name, NOT_SERVING)
         await self.server.start()
         if self.settings.metrics_port:
             start_http_server(self.settings.metrics_port, addr=self.settings.host)
-        log.info("listening", extra={"service": self.service_name, "port": self.port})
+        log.info("listening", extra={"service": self.service_name, "port": self.port,
+                                     "tls": "mtls" if settings.tls_client_ca else bool(settings.tls_cert)})
         self.loading = asyncio.create_task(self._load())
         return self.port
 
