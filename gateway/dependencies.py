@@ -3,12 +3,23 @@
 import hmac
 
 from fastapi import Request
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.errors import ApiError
 from gateway.upstream import Upstream
 
 TIMEOUT_HEADER = "X-Request-Timeout"
 MAX_TIMEOUT_S = 600
+
+
+class ModelRequest(BaseModel):
+    """Fields every model route accepts; unknown fields are ignored for compatibility with other APIs."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = Field(None, description="The served model id (or its last path part); empty for the default.")
+    timeout: float | None = Field(None, gt=0, le=MAX_TIMEOUT_S,
+                                  description="Deadline in seconds (else the X-Request-Timeout header).")
 
 
 def upstream(request: Request, name: str) -> Upstream:

@@ -1,9 +1,9 @@
 """Intent classification: POST /v1/classify, and the BetterPrompts-compatible /api/v1/intents/* routes."""
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-from gateway.dependencies import request_timeout, upstream
+from gateway.dependencies import ModelRequest, request_timeout, upstream
 from gateway.errors import ApiError
 from gateway.responses import JSONResponse
 from torchgate.v1 import classifier_pb2
@@ -14,14 +14,10 @@ router = APIRouter()
 MAX_BATCH = 100
 
 
-class ClassifyRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class ClassifyRequest(ModelRequest):
     text: str | None = Field(None, description="One text (or use `texts`).")
     texts: list[str] | None = Field(None, description="Several texts.")
     top_k: int | None = Field(None, ge=1, le=100, description="How many intents to list per text (3 by default).")
-    model: str | None = Field(None, description="The served model id; empty for the default.")
-    timeout: float | None = Field(None, gt=0, le=600, description="Deadline in seconds (else X-Request-Timeout).")
 
     @model_validator(mode="after")
     def one_of_text_or_texts(self):

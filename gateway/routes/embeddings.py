@@ -5,25 +5,21 @@ from typing import Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from gateway.dependencies import request_timeout, upstream
+from gateway.dependencies import ModelRequest, request_timeout, upstream
 from gateway.responses import JSONResponse
 from torchgate.v1 import embedding_pb2
 
 router = APIRouter()
 
 
-class EmbeddingsRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class EmbeddingsRequest(ModelRequest):
     input: str | list[str] = Field(description="A text or a list of texts.")
-    model: str | None = Field(None, description="The served model id (or its last path part); empty for the default.")
     encoding_format: Literal["float", "base64"] = Field("float", description="base64: little-endian float32.")
     dimensions: int | None = Field(None, ge=1, description="Keep only the first N dimensions (then re-normalize).")
     user: str | None = Field(None, description="Accepted for OpenAI compatibility; unused.")
     truncate: bool = Field(True, description="Cut texts longer than the model's limit; false makes them a 400.")
-    timeout: float | None = Field(None, gt=0, le=600, description="Deadline in seconds (else X-Request-Timeout).")
 
 
 @router.post("/v1/embeddings", response_class=JSONResponse)

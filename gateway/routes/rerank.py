@@ -1,9 +1,9 @@
 """POST /v1/rerank, Cohere/Jina style."""
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from gateway.dependencies import request_timeout, upstream
+from gateway.dependencies import ModelRequest, request_timeout, upstream
 from gateway.responses import JSONResponse
 from torchgate.v1 import reranking_pb2
 
@@ -14,16 +14,12 @@ class Document(BaseModel):
     text: str
 
 
-class RerankRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class RerankRequest(ModelRequest):
     query: str = Field(description="The search query.")
     documents: list[str | Document] = Field(description="Texts, or objects with a `text` field, to score.")
     top_n: int | None = Field(None, ge=1, description="Return only the best N; all by default.")
     return_documents: bool = Field(False, description="Echo each document in its result.")
     raw_scores: bool = Field(False, description="Logits instead of the model's activation.")
-    model: str | None = Field(None, description="The served model id; empty for the default.")
-    timeout: float | None = Field(None, gt=0, le=600, description="Deadline in seconds (else X-Request-Timeout).")
 
 
 @router.post("/v1/rerank", response_class=JSONResponse)

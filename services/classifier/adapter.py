@@ -8,9 +8,7 @@ import numpy as np
 from services.classifier.examples import load_examples
 from services.classifier.head import softmax, train
 from services.embedding.adapter import EmbeddingAdapter
-from services.runtime.adapter import ModelAdapter, ModelDescription, ModelSpec, Prepared
-from services.runtime.device import place
-from services.runtime.models import resolve_model
+from services.runtime.adapter import ModelAdapter, ModelDescription, Prepared, SpecAdapter
 from services.runtime.sequence_classification import SequenceClassification
 
 log = logging.getLogger(__name__)
@@ -64,18 +62,13 @@ class FewShotAdapter(ModelAdapter):
         return list(output)
 
 
-class CheckpointAdapter(ModelAdapter):
+class CheckpointAdapter(SpecAdapter):
     """Any Hugging Face sequence-classification directory (e.g. a fine-tuned DeBERTa); labels from its config."""
-
-    def __init__(self, spec: ModelSpec):
-        self.spec = spec
-        self.model_id = spec.model_id
 
     def load(self) -> ModelDescription:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        path = resolve_model(self.model_id)
-        device, dtype = place(self.spec.device, self.spec.dtype, self.spec.cpu_threads)
+        path, device, dtype = self.locate()
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         model = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True)
         model = model.to(device=device, dtype=dtype).eval()

@@ -4,9 +4,7 @@ import logging
 
 import numpy as np
 
-from services.runtime.adapter import ModelAdapter, ModelDescription, ModelSpec, Prepared
-from services.runtime.device import place
-from services.runtime.models import resolve_model
+from services.runtime.adapter import ModelDescription, Prepared, SpecAdapter
 from services.runtime.packing import PackedBatch, mean_pool, pack
 
 log = logging.getLogger(__name__)
@@ -15,23 +13,18 @@ log = logging.getLogger(__name__)
 CHARS_PER_TOKEN = 4
 
 
-class EmbeddingAdapter(ModelAdapter):
+class EmbeddingAdapter(SpecAdapter):
     """Embeds texts with a SentenceTransformer.
 
     BERT encoders followed by mean pooling (MiniLM, BGE, E5, GTE...) run packed (see
     services/runtime/packing.py); any other model runs through its own modules on padded batches.
     """
 
-    def __init__(self, spec: ModelSpec):
-        self.spec = spec
-        self.model_id = spec.model_id
-
     def load(self) -> ModelDescription:
         import torch
         from sentence_transformers import SentenceTransformer
 
-        path = resolve_model(self.model_id)
-        self.device, self.dtype = place(self.spec.device, self.spec.dtype, self.spec.cpu_threads)
+        path, self.device, self.dtype = self.locate()
         self.model = SentenceTransformer(str(path), device=self.device, local_files_only=True)
         self.model.to(self.dtype).eval()
         self.max_tokens = self.model.max_seq_length

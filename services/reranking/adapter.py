@@ -5,9 +5,7 @@ import logging
 import numpy as np
 
 from services.embedding.adapter import EmbeddingAdapter
-from services.runtime.adapter import ModelAdapter, ModelDescription, ModelSpec, Prepared
-from services.runtime.device import place
-from services.runtime.models import resolve_model
+from services.runtime.adapter import ModelAdapter, ModelDescription, Prepared, SpecAdapter
 from services.runtime.sequence_classification import SequenceClassification
 
 log = logging.getLogger(__name__)
@@ -18,22 +16,17 @@ CHARS_PER_TOKEN = 4
 Pair = tuple[str, str]
 
 
-class CrossEncoderAdapter(ModelAdapter):
+class CrossEncoderAdapter(SpecAdapter):
     """Scores pairs with a sentence-transformers CrossEncoder (BERT models run packed).
 
     Pairs longer than the model's max length are truncated, longest part first.
     """
 
-    def __init__(self, spec: ModelSpec):
-        self.spec = spec
-        self.model_id = spec.model_id
-
     def load(self) -> ModelDescription:
         import torch
         from sentence_transformers import CrossEncoder
 
-        path = resolve_model(self.model_id)
-        device, dtype = place(self.spec.device, self.spec.dtype, self.spec.cpu_threads)
+        path, device, dtype = self.locate()
         encoder = CrossEncoder(str(path), device=device, local_files_only=True)
         if encoder.num_labels != 1:
             raise ValueError(f"{self.model_id} has {encoder.num_labels} labels; a reranker needs exactly 1")

@@ -2,7 +2,11 @@
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from services.runtime.device import place
+from services.runtime.models import resolve_model
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,8 @@ class ModelAdapter(ABC):
     The dynamic batcher drives an adapter through this life cycle:
 
     1. `load()` once, in a worker thread, before the service reports SERVING. Resolve the weights
-       with `services.runtime.models.resolve_model` (never download), pick the device and dtype with
-       `services.runtime.device`, and return a `ModelDescription`.
+       (never download) and pick the device and dtype: a `SpecAdapter` gets all three from
+       `self.locate()`. Return a `ModelDescription`.
     2. `warmup()` once after loading: run the shapes traffic will use, so the first real request does
        not pay for lazy initialisation (CUDA kernels, allocator pools). Health turns SERVING only
        after it succeeds.
@@ -99,3 +103,17 @@ class ModelAdapter(ABC):
     @abstractmethod
     def postprocess(self, prepared: Prepared, output: Any) -> list[Any]:
         """Split a batch output into one result per item, in order."""
+
+
+class SpecAdapter(ModelAdapter):
+    """An adapter for the model a ModelSpec names: locates its weights and its device once, the same way."""
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        self.model_id = spec.model_id
+
+    def locate(self) -> tuple[Path, str, Any]:
+        """The weights' local directory (never a download), the device and the torch dtype to load them with."""
+        path = resolve_model(self.spec.model_id)
+        device, dtype = place(self.spec.device, self.spec.dtype, self.spec.cpu_threads)
+        return path, device, dtype
