@@ -1,12 +1,14 @@
 """The gateway application factory."""
 
+import ipaddress
 import logging
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from fastapi.security import HTTPBearer
 
 from gateway.config import GatewaySettings
-from gateway.dependencies import require_api_key
+from gateway.contract import publish_limits
 from gateway.errors import install_error_handlers
 from gateway.middleware import EdgeMiddleware
 from gateway.routes import classify, embeddings, gpu, health, models, rerank
@@ -42,6 +44,16 @@ UPSTREAMS = {
 
 # Routers behind the API key (health and metrics stay open for probes and scrapers).
 API_ROUTERS = (embeddings.router, rerank.router, classify.router, gpu.router, models.router)
+# Paths the API key never guards: probes, scrapers and the API's own documentation.
+OPEN_PATHS = frozenset({"/health/live", "/health/ready", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc",
+                        "/openapi.json"})
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -60,9 +72,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                        if settings.tls_ca else None)
         app.state.upstreams = {
             name: Upstream(name, service, stub, getattr(settings, name), interceptors, credentials,
-                           settings.tls_server_name)
+                           settings.tls_server_name, serves_model=name in models.MODEL_TASKS)
             for name, (service, stub) in UPSTREAMS.items()
         }
+        for client in app.state.upstreams.values():
+            client.start()
         log.info("gateway ready", extra={"upstreams": {n: getattr(settings, n).addresses for n in UPSTREAMS}})
         yield
         for client in app.state.upstreams.values():
@@ -71,13 +85,27 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app = FastAPI(title="Torchgate", version=__version__, lifespan=lifespan,
                   description="Embeddings, reranking and intent classification over a gRPC mesh of model workers.")
     app.state.settings = settings
-    app.state.api_keys = tuple(key.strip().encode() for key in settings.api_keys.split(",") if key.strip())
+    api_keys = tuple(key.strip().encode() for key in settings.api_keys.split(",") if key.strip())
+    if not api_keys and not _is_loopback(settings.host):
+        log.warning("API keys are off and the gateway listens on %s: anyone who reaches it can use it; "
+                    "set TORCHGATE_GATEWAY_API_KEYS", settings.host)
     install_error_handlers(app)
+    # The key is checked by the edge middleware before the body is read; the dependency only documents it.
+    documented_key = [Depends(HTTPBearer(auto_error=False))] if api_keys else []
     for router in API_ROUTERS:
-        app.include_router(router, dependencies=[Depends(require_api_key)])
+        app.include_router(router, dependencies=documented_key)
     app.include_router(health.router)
     routes = frozenset(route.path for router in (*API_ROUTERS, health.router) for route in router.routes)
-    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes, routes=routes)
+    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes, routes=routes, api_keys=api_keys,
+                       open_paths=OPEN_PATHS)
+    static_openapi = app.openapi
+
+    def openapi() -> dict:
+        """The schema with the limits each worker published (unknown until the worker answered Info)."""
+        upstreams = getattr(app.state, "upstreams", {})
+        return publish_limits(static_openapi(), {name: client.limits for name, client in upstreams.items()})
+
+    app.openapi = openapi
     if tracing:
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 

@@ -1,10 +1,9 @@
-"""Request-scoped helpers shared by the routes: upstream lookup, deadline, API key."""
-
-import hmac
+"""Request-scoped helpers shared by the routes: upstream lookup, deadline, the fields every model route takes."""
 
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from gateway.contract import Name, RequestBody
 from gateway.errors import ApiError
 from gateway.upstream import Upstream
 
@@ -12,12 +11,10 @@ TIMEOUT_HEADER = "X-Request-Timeout"
 MAX_TIMEOUT_S = 600
 
 
-class ModelRequest(BaseModel):
-    """Fields every model route accepts; unknown fields are ignored for compatibility with other APIs."""
+class ModelRequest(RequestBody):
+    """Fields every model route accepts."""
 
-    model_config = ConfigDict(extra="ignore")
-
-    model: str | None = Field(None, description="The served model id (or its last path part); empty for the default.")
+    model: Name | None = Field(None, description="The served model id (or its last path part); empty for the default.")
     timeout: float | None = Field(None, gt=0, le=MAX_TIMEOUT_S,
                                   description="Deadline in seconds (else the X-Request-Timeout header).")
 
@@ -45,13 +42,3 @@ def request_timeout(request: Request, client: Upstream, body_timeout: float | No
         raise ApiError(400, "invalid_request_error",
                        f"{TIMEOUT_HEADER} must be a number of seconds in (0, {MAX_TIMEOUT_S}]")
     return timeout
-
-
-async def require_api_key(request: Request) -> None:
-    """When API keys are configured, accept only `Authorization: Bearer <one of them>`."""
-    keys: tuple[bytes, ...] = request.app.state.api_keys
-    if not keys:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.encode(), key) for key in keys):
-        raise ApiError(401, "authentication_error", "missing or invalid API key: send Authorization: Bearer <key>")

@@ -6,6 +6,7 @@ import math
 import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from gateway.responses import JSONResponse
@@ -22,12 +23,52 @@ class ApiError(Exception):
         self.status, self.type, self.message, self.upstream = status, type_, message, upstream
         self.retry_after = retry_after
 
-    def response(self) -> JSONResponse:
-        body = {"type": self.type, "message": self.message}
+    def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
+        body = {"type": self.type, "message": self.message[:MAX_MESSAGE_CHARS]}
         if self.upstream:
             body["upstream"] = self.upstream
-        headers = {"Retry-After": str(max(1, math.ceil(self.retry_after)))} if self.retry_after else None
-        return JSONResponse({"error": body}, status_code=self.status, headers=headers)
+        headers = dict(headers or {})
+        if self.retry_after:
+            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
+        return JSONResponse({"error": body}, status_code=self.status, headers=headers or None)
+
+
+MAX_MESSAGE_CHARS = 1024
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+    upstream: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The one shape of every error the gateway returns."""
+
+    error: ErrorDetail
+
+
+_ERROR_MEANINGS = {
+    400: "Invalid request: the message says what to fix.",
+    401: "Missing or invalid API key.",
+    404: "No such route, model or device.",
+    413: "Request body or batch too large.",
+    415: "The body is not JSON.",
+    422: "The body does not match the schema or the worker's limits.",
+    429: "Overloaded: retry after Retry-After seconds.",
+    502: "The worker failed to process the request.",
+    503: "The worker is unavailable or its circuit breaker is open: retry after Retry-After seconds.",
+    504: "The request's deadline passed.",
+}
+
+
+def documented_errors(*statuses: int) -> dict[int | str, dict]:
+    """OpenAPI `responses` for the given error statuses, all in the ErrorResponse shape."""
+    return {status: {"model": ErrorResponse, "description": _ERROR_MEANINGS[status]} for status in statuses}
+
+
+# What any model route may answer besides 200.
+MODEL_ROUTE_ERRORS = documented_errors(400, 401, 404, 413, 415, 422, 429, 502, 503, 504)
 
 
 # Status codes whose message the worker wrote for the caller; the others are replaced by a generic one.
@@ -54,6 +95,13 @@ def error_from_grpc(code: grpc.StatusCode, details: str | None, upstream: str) -
     return ApiError(502, "upstream_error", f"the {upstream} service failed to process the request", upstream)
 
 
+# Pydantic's wording where it would not tell a client what to fix.
+_FRIENDLIER = {
+    "string_pattern_mismatch": "must contain a non-whitespace character",
+    "string_unicode": "invalid Unicode (a lone UTF-16 surrogate): send valid text",
+}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every error leaves as {"error": {"type", "message", "upstream"?}}; never a stack trace."""
 
@@ -64,14 +112,15 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError):
         problems = "; ".join(
-            f"{'.'.join(str(part) for part in e['loc'] if part != 'body') or 'body'}: {e['msg']}"
-            for e in error.errors()
+            f"{'.'.join(str(part) for part in e['loc'] if part != 'body') or 'body'}: "
+            f"{_FRIENDLIER.get(e['type'], e['msg'])}"
+            for e in error.errors()[:10]
         )
         return ApiError(422, "invalid_request_error", problems).response()
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):
-        return ApiError(error.status_code, "http_error", str(error.detail)).response()
+        return ApiError(error.status_code, "http_error", str(error.detail)).response(error.headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception):

@@ -1,34 +1,132 @@
-"""The HTTP edge as one pure-ASGI middleware: body size limit and request metrics."""
+"""The HTTP edge as one pure-ASGI middleware, in front of everything a request costs.
 
+In order: header size (431), API key (401, before a byte of the body is read), body size counted as the
+bytes arrive, chunked uploads included (413, memory bounded by the cap), content type (415). The route
+then runs while the middleware listens for the client going away: a disconnect cancels the route, and
+with it the gRPC call, so the worker drops that request's queued work. Request metrics are counted here.
+"""
+
+import asyncio
+import contextlib
+import hmac
 import time
 
 from gateway.errors import ApiError
 from gateway.metrics import HTTP_REQUESTS, HTTP_SECONDS
 
+MAX_HEADER_BYTES = 16 * 1024
+# Nginx's name for "the client closed the connection before the answer"; only ever a metric label.
+CLIENT_CLOSED = 499
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+def _is_json(content_type: bytes) -> bool:
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or media.endswith(b"+json")
+
 
 class EdgeMiddleware:
-    def __init__(self, app, max_body_bytes: int, routes: frozenset[str]):
+    def __init__(self, app, max_body_bytes: int, routes: frozenset[str], api_keys: tuple[bytes, ...],
+                 open_paths: frozenset[str]):
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.routes = routes
+        self.api_keys = api_keys
+        self.open_paths = open_paths
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        route = scope["path"] if scope["path"] in self.routes else "other"
         started = time.perf_counter()
-        status_holder = [500]
+        status = [CLIENT_CLOSED]
+        response_done = asyncio.Event()
 
-        async def send_with_status(message):
+        async def send_observed(message):
             if message["type"] == "http.response.start":
-                status_holder[0] = message["status"]
+                status[0] = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                response_done.set()
             await send(message)
 
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-            message = f"the request body has {int(length)} bytes; the limit is {self.max_body_bytes}"
-            await ApiError(413, "request_too_large", message).response()(scope, receive, send_with_status)
-        else:
-            await self.app(scope, receive, send_with_status)
-        HTTP_REQUESTS.labels(route, str(status_holder[0])).inc()
+        refusal = self._refusal(scope)
+        if refusal is None:
+            body = await self._read_body(scope, receive)
+            if isinstance(body, ApiError):
+                refusal = body
+            elif body is not None:
+                await self._serve(scope, body, receive, send_observed, response_done)
+        if refusal is not None:
+            await refusal.response()(scope, receive, send_observed)
+        route = scope["path"] if scope["path"] in self.routes else "other"
+        HTTP_REQUESTS.labels(route, str(status[0])).inc()
         HTTP_SECONDS.labels(route).observe(time.perf_counter() - started)
+
+    def _refusal(self, scope) -> ApiError | None:
+        """What can be refused from the request line and headers alone."""
+        headers = scope["headers"]
+        if sum(len(name) + len(value) for name, value in headers) > MAX_HEADER_BYTES:
+            return ApiError(431, "request_header_fields_too_large",
+                            f"the request headers exceed {MAX_HEADER_BYTES} bytes")
+        if self.api_keys and scope["path"] not in self.open_paths and not self._authorized(headers):
+            return ApiError(401, "authentication_error", "missing or invalid API key: send Authorization: Bearer <key>")
+        if scope["method"] in _BODY_METHODS:
+            fields = dict(headers)
+            length = fields.get(b"content-length")
+            if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+                return ApiError(413, "request_too_large",
+                                f"the request body has {int(length)} bytes; the limit is {self.max_body_bytes}")
+            content_type = fields.get(b"content-type")
+            if content_type is not None and not _is_json(content_type):
+                return ApiError(415, "unsupported_media_type", "send the body as JSON: Content-Type: application/json")
+        return None
+
+    def _authorized(self, headers) -> bool:
+        value = next((value for name, value in headers if name == b"authorization"), b"")
+        scheme, _, token = value.partition(b" ")
+        return scheme.lower() == b"bearer" and any(hmac.compare_digest(token, key) for key in self.api_keys)
+
+    async def _read_body(self, scope, receive) -> bytes | ApiError | None:
+        """The whole body, or 413 as soon as it passes the cap, or None when the client left."""
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return ApiError(413, "request_too_large", f"the request body exceeds {self.max_body_bytes} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _serve(self, scope, body: bytes, receive, send, response_done: asyncio.Event) -> None:
+        """Run the route on the buffered body; cancel it if the client disconnects before the answer."""
+        client_left = asyncio.Event()
+        delivered = False
+
+        async def replay():
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await client_left.wait()
+            return {"type": "http.disconnect"}
+
+        route = asyncio.ensure_future(self.app(scope, replay, send))
+
+        async def watch():
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            client_left.set()
+            if not response_done.is_set():
+                route.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                await route
+            if route.cancelled() and not client_left.is_set():
+                raise asyncio.CancelledError
+        finally:
+            watcher.cancel()

@@ -4,6 +4,8 @@ gRPC itself retries UNAVAILABLE with exponential backoff and jitter inside the d
 round-robin across replicas (the channel's service config); this class adds what gRPC lacks.
 """
 
+import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
@@ -15,8 +17,10 @@ import pybreaker
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.config import UpstreamSettings
+from gateway.contract import Limits
 from gateway.errors import ApiError, error_from_grpc
 from gateway.metrics import BREAKER_STATE, UPSTREAM_CALLS
+from torchgate.v1 import common_pb2
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +28,12 @@ log = logging.getLogger(__name__)
 BREAKER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                            grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
 _STATE_VALUES = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_HALF_OPEN: 1, pybreaker.STATE_OPEN: 2}
+# Trailing metadata a worker sets when it dropped a request whose deadline passed in its queue (overload, not a fault).
+WORKER_ERROR_KEY = "torchgate-error"
+QUEUE_EXPIRED = "queue_expired"
+# How often a known worker's limits are read again (replicas may restart with other settings).
+LIMITS_REFRESH_S = 30.0
+LIMITS_RETRY_S = 1.0
 
 
 def grpc_target(addresses: str) -> str:
@@ -75,8 +85,8 @@ def channel_options(service: str, settings: UpstreamSettings) -> list[tuple[str,
     ]
 
 
-def _not_a_breaker_failure(error: BaseException) -> bool:
-    return not (isinstance(error, grpc.aio.AioRpcError) and error.code() in BREAKER_CODES)
+def _worker_error(error: grpc.aio.AioRpcError) -> str:
+    return next((value for key, value in error.trailing_metadata() or () if key == WORKER_ERROR_KEY), "")
 
 
 class BreakerMonitor(pybreaker.CircuitBreakerListener):
@@ -102,8 +112,9 @@ class Upstream:
 
     def __init__(self, name: str, service: str, stub_class: type, settings: UpstreamSettings,
                  interceptors: list | None = None, credentials: grpc.ChannelCredentials | None = None,
-                 tls_server_name: str = ""):
+                 tls_server_name: str = "", serves_model: bool = False):
         self.name = name
+        self.serves_model = serves_model
         self.service = service
         self.settings = settings
         target, options = grpc_target(settings.addresses), channel_options(service, settings)
@@ -118,10 +129,38 @@ class Upstream:
         self.monitor = BreakerMonitor(name)
         self.breaker = pybreaker.CircuitBreaker(
             fail_max=settings.breaker_fail_max, reset_timeout=settings.breaker_reset_s,
-            exclude=[_not_a_breaker_failure], listeners=[self.monitor], throw_new_error_on_trip=False, name=name,
+            listeners=[self.monitor], throw_new_error_on_trip=False, name=name,
         )
         self.in_flight = 0
         self._trial_in_flight = False
+        self.limits: Limits | None = None
+        self._learning: asyncio.Task | None = None
+
+    def start(self) -> None:
+        """Begin learning the worker's published limits (model upstreams); call inside the serving loop."""
+        if self.serves_model:
+            self._learning = asyncio.create_task(self._learn_limits())
+
+    async def _learn_limits(self) -> None:
+        while True:
+            try:
+                info = await self.stub.Info(common_pb2.InfoRequest(), timeout=self.settings.info_timeout_s)
+                self.limits = Limits.from_info(info)
+                await asyncio.sleep(LIMITS_REFRESH_S)
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(LIMITS_RETRY_S)
+
+    def is_upstream_fault(self, error: grpc.aio.AioRpcError, timeout: float) -> bool:
+        """Whether a failed call says the worker is unhealthy; nothing the client chose may say so.
+
+        A deadline counts only when it was at least BREAKER_MIN_DEADLINE_S long (a client asking for 1 ms
+        learns nothing about the worker), and never when the worker itself dropped the request from its
+        queue (that is overload, answered like RESOURCE_EXHAUSTED).
+        """
+        code = error.code()
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return timeout >= self.settings.breaker_min_deadline_s and _worker_error(error) != QUEUE_EXPIRED
+        return code in BREAKER_CODES
 
     async def call(self, method: str, request, timeout: float | None = None):
         """Call `method` on the stub; raises ApiError with the HTTP mapping on any failure."""
@@ -133,9 +172,19 @@ class Upstream:
             raise self._circuit_open()
         self._trial_in_flight |= trial
         self.in_flight += 1
+        timeout = timeout or self.settings.timeout_s
+        answered: grpc.aio.AioRpcError | None = None
+        cancelled: asyncio.CancelledError | None = None
         try:
             with self.breaker.calling():
-                reply = await getattr(self.stub, method)(request, timeout=timeout or self.settings.timeout_s)
+                try:
+                    reply = await getattr(self.stub, method)(request, timeout=timeout)
+                except grpc.aio.AioRpcError as error:
+                    if self.is_upstream_fault(error, timeout):
+                        raise
+                    answered = error
+                except asyncio.CancelledError as error:
+                    cancelled = error
         except pybreaker.CircuitBreakerError:
             UPSTREAM_CALLS.labels(self.name, "CIRCUIT_OPEN").inc()
             raise self._circuit_open() from None
@@ -146,6 +195,17 @@ class Upstream:
             self.in_flight -= 1
             if trial:
                 self._trial_in_flight = False
+        uninformative = cancelled or (answered and answered.code() == grpc.StatusCode.DEADLINE_EXCEEDED)
+        if trial and uninformative:
+            # A trial that ended for the client's reasons (its disconnect, its short deadline) proves nothing,
+            # though pybreaker took it for a success: the next call is the trial again.
+            self.breaker.half_open()
+        if cancelled:
+            UPSTREAM_CALLS.labels(self.name, "CLIENT_CANCELLED").inc()
+            raise cancelled
+        if answered:
+            UPSTREAM_CALLS.labels(self.name, answered.code().name).inc()
+            raise error_from_grpc(answered.code(), answered.details(), self.name) from None
         UPSTREAM_CALLS.labels(self.name, "OK").inc()
         return reply
 
@@ -172,4 +232,8 @@ class Upstream:
         }
 
     async def close(self) -> None:
+        if self._learning:
+            self._learning.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._learning
         await self.channel.close()

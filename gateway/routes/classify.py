@@ -1,42 +1,51 @@
 """Intent classification: POST /v1/classify, and the BetterPrompts-compatible /api/v1/intents/* routes."""
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
+from gateway.contract import RequestBody, enforce_model, enforce_texts, text_type, texts_type
 from gateway.dependencies import ModelRequest, request_timeout, upstream
-from gateway.errors import ApiError
+from gateway.errors import MODEL_ROUTE_ERRORS, ApiError
 from gateway.responses import JSONResponse
 from torchgate.v1 import classifier_pb2
 
-router = APIRouter()
+router = APIRouter(responses=MODEL_ROUTE_ERRORS)
 
 # The batch route's limit, as in the BetterPrompts intent classifier this replaces.
 MAX_BATCH = 100
+MAX_TOP_K = 100
+
+ClassifierText = text_type("classifier")
 
 
 class ClassifyRequest(ModelRequest):
-    text: str | None = Field(None, description="One text (or use `texts`).")
-    texts: list[str] | None = Field(None, description="Several texts.")
-    top_k: int | None = Field(None, ge=1, le=100, description="How many intents to list per text (3 by default).")
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": ["text"]}, {"required": ["texts"]}]})
+
+    text: ClassifierText = Field(None, description="One text (or use `texts`).")
+    texts: texts_type("classifier") = Field(None, description="Several texts (or use `text`).")
+    top_k: int | None = Field(None, ge=1, le=MAX_TOP_K, description="How many intents to list per text (3 by default).")
 
     @model_validator(mode="after")
     def one_of_text_or_texts(self):
-        if (self.text is None) == (self.texts is None):
+        if ("text" in self.model_fields_set) == ("texts" in self.model_fields_set):
             raise ValueError("send exactly one of `text` or `texts`")
         return self
 
 
-class BetterPromptsRequest(BaseModel):
-    text: str = Field(description="The text to classify.")
+class BetterPromptsRequest(RequestBody):
+    text: ClassifierText = Field(description="The text to classify.")
 
 
-class BetterPromptsBatchRequest(BaseModel):
-    texts: list[str] = Field(description=f"At most {MAX_BATCH} texts.")
+class BetterPromptsBatchRequest(RequestBody):
+    texts: list[ClassifierText] = Field(min_length=1, json_schema_extra={"maxItems": MAX_BATCH},
+                                        description=f"At most {MAX_BATCH} texts; more is a 413.")
 
 
-async def _classify(request: Request, texts: list[str], top_k: int = 0, model: str = "",
+async def _classify(request: Request, texts: list[str], field: str, top_k: int = 0, model: str = "",
                     timeout: float | None = None) -> classifier_pb2.ClassifyResponse:
     client = upstream(request, "classifier")
+    enforce_model(client.limits, model, client.name)
+    enforce_texts(client.limits, texts, field, client.name)
     return await client.call("Classify", classifier_pb2.ClassifyRequest(texts=texts, top_k=top_k, model=model),
                              request_timeout(request, client, timeout))
 
@@ -73,15 +82,15 @@ def _better_prompts(result: classifier_pb2.Classification, reply: classifier_pb2
 
 @router.post("/v1/classify", response_class=JSONResponse)
 async def classify(body: ClassifyRequest, request: Request):
-    texts = [body.text] if body.text is not None else body.texts
-    reply = await _classify(request, texts, body.top_k or 0, body.model or "", body.timeout)
+    field, texts = ("text", [body.text]) if "text" in body.model_fields_set else ("texts", body.texts)
+    reply = await _classify(request, texts, field, body.top_k or 0, body.model or "", body.timeout)
     return JSONResponse({"results": [_result(r) for r in reply.results], "model": reply.model,
                          "usage": {"total_tokens": reply.usage.total_tokens}})
 
 
 @router.post("/api/v1/intents/classify", response_class=JSONResponse)
 async def classify_one(body: BetterPromptsRequest, request: Request):
-    reply = await _classify(request, [body.text])
+    reply = await _classify(request, [body.text], "text")
     return JSONResponse(_better_prompts(reply.results[0], reply))
 
 
@@ -90,7 +99,7 @@ async def classify_batch(body: BetterPromptsBatchRequest, request: Request):
     if len(body.texts) > MAX_BATCH:
         raise ApiError(413, "request_too_large",
                        f"texts has {len(body.texts)} items; at most {MAX_BATCH} per batch: split the request")
-    reply = await _classify(request, body.texts)
+    reply = await _classify(request, body.texts, "texts")
     return JSONResponse({"results": [_better_prompts(r, reply) for r in reply.results]})
 
 

@@ -7,25 +7,34 @@ import numpy as np
 from fastapi import APIRouter, Request
 from pydantic import Field
 
+from gateway.contract import LIMIT_KEY, UINT32_MAX, Name, enforce_model, enforce_texts, one_or_many_texts
 from gateway.dependencies import ModelRequest, request_timeout, upstream
+from gateway.errors import MODEL_ROUTE_ERRORS, ApiError
 from gateway.responses import JSONResponse
 from torchgate.v1 import embedding_pb2
 
-router = APIRouter()
+router = APIRouter(responses=MODEL_ROUTE_ERRORS)
 
 
 class EmbeddingsRequest(ModelRequest):
-    input: str | list[str] = Field(description="A text or a list of texts.")
+    input: one_or_many_texts("embedding") = Field(description="A text or a list of texts.")
     encoding_format: Literal["float", "base64"] = Field("float", description="base64: little-endian float32.")
-    dimensions: int | None = Field(None, ge=1, description="Keep only the first N dimensions (then re-normalize).")
-    user: str | None = Field(None, description="Accepted for OpenAI compatibility; unused.")
+    dimensions: int | None = Field(None, ge=1, le=UINT32_MAX, json_schema_extra={LIMIT_KEY: "embedding.dimension"},
+                                   description="Keep only the first N dimensions (then re-normalize).")
+    user: Name | None = Field(None, description="Accepted for OpenAI compatibility; unused.")
     truncate: bool = Field(True, description="Cut texts longer than the model's limit; false makes them a 400.")
 
 
 @router.post("/v1/embeddings", response_class=JSONResponse)
 async def create_embeddings(body: EmbeddingsRequest, request: Request):
     client = upstream(request, "embedding")
-    texts = [body.input] if isinstance(body.input, str) else body.input
+    texts = body.input
+    enforce_model(client.limits, body.model, client.name)
+    enforce_texts(client.limits, texts, "input", client.name)
+    if client.limits and body.dimensions and body.dimensions > client.limits.dimension:
+        raise ApiError(422, "invalid_request_error",
+                       f"dimensions is {body.dimensions} but the model has {client.limits.dimension}: ask for fewer",
+                       client.name)
     reply = await client.call(
         "Embed",
         embedding_pb2.EmbedRequest(texts=texts, normalize=True, truncate=body.truncate,

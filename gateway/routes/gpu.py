@@ -3,11 +3,13 @@
 from fastapi import APIRouter, Path, Request
 from google.protobuf.json_format import MessageToDict
 
+from gateway.contract import UINT32_MAX
 from gateway.dependencies import request_timeout, upstream
+from gateway.errors import documented_errors
 from gateway.responses import JSONResponse
 from torchgate.v1 import gpu_pb2
 
-router = APIRouter()
+router = APIRouter(responses=documented_errors(400, 401, 404, 422, 429, 502, 503, 504))
 
 
 def _json(message) -> dict:
@@ -30,5 +32,5 @@ async def devices(request: Request):
 
 
 @router.get("/v1/gpu/devices/{index}", response_class=JSONResponse)
-async def device(request: Request, index: int = Path(ge=0)):
+async def device(request: Request, index: int = Path(ge=0, le=UINT32_MAX)):
     return JSONResponse(_json(await _call(request, "GetDevice", gpu_pb2.GetDeviceRequest(index=index))))

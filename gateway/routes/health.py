@@ -4,7 +4,7 @@ import asyncio
 
 from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse
 
 from gateway.responses import JSONResponse
 
@@ -16,7 +16,8 @@ async def live():
     return JSONResponse({"status": "live"})
 
 
-@router.get("/health/ready", response_class=JSONResponse)
+@router.get("/health/ready", response_class=JSONResponse,
+            responses={503: {"description": "Some upstream is not SERVING; the body has each one's details."}})
 async def ready(request: Request):
     """200 when every configured upstream is SERVING, else 503; always with each upstream's details."""
     upstreams = request.app.state.upstreams
@@ -31,6 +32,6 @@ async def ready(request: Request):
     )
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics():
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)

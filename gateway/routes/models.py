@@ -4,11 +4,11 @@ import asyncio
 
 from fastapi import APIRouter, Request
 
-from gateway.errors import ApiError
+from gateway.errors import ApiError, documented_errors
 from gateway.responses import JSONResponse
 from torchgate.v1 import common_pb2
 
-router = APIRouter()
+router = APIRouter(responses=documented_errors(400, 401, 429, 502, 503, 504))
 
 # Upstreams that serve a model, and the task each one does.
 MODEL_TASKS = {"embedding": "embedding", "reranking": "rerank", "classifier": "classify"}

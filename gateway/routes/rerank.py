@@ -1,23 +1,29 @@
 """POST /v1/rerank, Cohere/Jina style."""
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from gateway.contract import LIMIT_KEY, UINT32_MAX, RequestBody, enforce_model, enforce_texts, text_type
 from gateway.dependencies import ModelRequest, request_timeout, upstream
+from gateway.errors import MODEL_ROUTE_ERRORS
 from gateway.responses import JSONResponse
 from torchgate.v1 import reranking_pb2
 
-router = APIRouter()
+router = APIRouter(responses=MODEL_ROUTE_ERRORS)
+
+RerankText = text_type("reranking")
 
 
-class Document(BaseModel):
-    text: str
+class Document(RequestBody):
+    text: RerankText
 
 
 class RerankRequest(ModelRequest):
-    query: str = Field(description="The search query.")
-    documents: list[str | Document] = Field(description="Texts, or objects with a `text` field, to score.")
-    top_n: int | None = Field(None, ge=1, description="Return only the best N; all by default.")
+    query: RerankText = Field(description="The search query.")
+    documents: list[RerankText | Document] = Field(
+        min_length=1, json_schema_extra={LIMIT_KEY: "reranking.max_items"},
+        description="Texts, or objects with a `text` field, to score.")
+    top_n: int | None = Field(None, ge=1, le=UINT32_MAX, description="Return only the best N; all by default.")
     return_documents: bool = Field(False, description="Echo each document in its result.")
     raw_scores: bool = Field(False, description="Logits instead of the model's activation.")
 
@@ -26,6 +32,9 @@ class RerankRequest(ModelRequest):
 async def rerank(body: RerankRequest, request: Request):
     client = upstream(request, "reranking")
     documents = [doc if isinstance(doc, str) else doc.text for doc in body.documents]
+    enforce_model(client.limits, body.model, client.name)
+    enforce_texts(client.limits, [body.query], "query", client.name)
+    enforce_texts(client.limits, documents, "documents", client.name)
     reply = await client.call(
         "Rerank",
         reranking_pb2.RerankRequest(query=body.query, documents=documents, top_n=body.top_n or 0,

@@ -1,5 +1,6 @@
 """ClassifierService: intents with calibrated confidences, complexity and suggested techniques."""
 
+import asyncio
 import time
 
 import numpy as np
@@ -36,9 +37,12 @@ class ClassifierServicer(ModelServicer, classifier_pb2_grpc.ClassifierServiceSer
         top_k = min(request.top_k or DEFAULT_TOP_K, len(model.labels))
         outcome = await self.run_batched(texts, context)
         tokens = sum(outcome.token_counts)
+        # Complexity scoring reads every character of every text: off the event loop, like the model.
+        results = await asyncio.to_thread(
+            lambda: [self._classification(text, probabilities, model.labels, top_k)
+                     for text, probabilities in zip(texts, outcome.results, strict=True)])
         return classifier_pb2.ClassifyResponse(
-            results=[self._classification(text, probabilities, model.labels, top_k)
-                     for text, probabilities in zip(texts, outcome.results, strict=True)],
+            results=results,
             model=model.model_id,
             usage=common_pb2.Usage(prompt_tokens=tokens, total_tokens=tokens),
             timing=timing(outcome, started),

@@ -13,6 +13,9 @@ class WorkerSettings(BaseSettings):
     port: int = Field(0, description="gRPC port (0 picks a free one).")
     metrics_port: int = Field(0, description="Prometheus /metrics HTTP port; 0 disables it.")
     grace_period_s: float = Field(10.0, description="On SIGTERM, how long in-flight requests may take.")
+    max_concurrent_rpcs: int = Field(
+        1024, ge=1, description="Calls served at once; more are refused with RESOURCE_EXHAUSTED."
+    )
     log_level: str = Field(
         "INFO", validation_alias=AliasChoices("TORCHGATE_LOG_LEVEL", "log_level"), description="Log level."
     )
@@ -38,6 +41,10 @@ class WorkerSettings(BaseSettings):
     tls_client_ca: str = Field("", validation_alias=AliasChoices("TORCHGATE_TLS_CLIENT_CA", "tls_client_ca"),
                                description="CA (PEM) that signs client certificates; set for mTLS.")
 
+    def max_request_bytes(self) -> int:
+        """The largest request a valid call can need: gRPC refuses bigger ones before parsing them."""
+        return 64 * 1024
+
 
 class ModelWorkerSettings(WorkerSettings):
     """Settings of a worker that serves a model through the dynamic batcher."""
@@ -59,3 +66,7 @@ class ModelWorkerSettings(WorkerSettings):
     )
     max_items_per_request: int = Field(256, ge=1, description="Most inputs in one request.")
     max_chars_per_item: int = Field(16384, ge=1, description="Most characters in one input text.")
+
+    def max_request_bytes(self) -> int:
+        # Every item and the query at their character limit, 4 UTF-8 bytes each, plus the other fields.
+        return (self.max_items_per_request + 1) * self.max_chars_per_item * 4 + 64 * 1024

@@ -7,6 +7,8 @@ class WorkerError(Exception):
     """An error whose message is safe to show to the caller."""
 
     code = grpc.StatusCode.INTERNAL
+    # Sent as trailing metadata `torchgate-error` when set, for callers that must tell causes apart.
+    reason = ""
 
 
 class InvalidInput(WorkerError):
@@ -26,7 +28,10 @@ class Unavailable(WorkerError):
 
 
 class DeadlineExpired(WorkerError):
+    """The caller's deadline passed while its request waited in the queue: overload, not a fault."""
+
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "queue_expired"
 
 
 class ModelNotFound(Exception):

@@ -1,18 +1,28 @@
 """Server interceptors: domain errors to status codes, request metrics and access logs, in one place."""
 
+import asyncio
 import logging
 import time
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from services.runtime.errors import WorkerError
+from services.runtime.errors import InvalidInput, WorkerError
 from services.runtime.metrics import REQUEST_SECONDS, REQUESTS
 
 log = logging.getLogger("torchgate.access")
 
+# Status details travel in an HTTP/2 header: a message must never outgrow it, whatever it quotes.
+MAX_DETAILS_CHARS = 1024
+REASON_KEY = "torchgate-error"
+
 
 class StatusInterceptor(grpc.aio.ServerInterceptor):
-    """Turns WorkerError into its status code, anything else into INTERNAL with a generic message."""
+    """Turns WorkerError into its status code, anything else into INTERNAL with a generic message.
+
+    Requests are parsed here rather than by gRPC, so a body that is not a valid message (invalid UTF-8 in
+    a string field, say) is the caller's INVALID_ARGUMENT instead of gRPC's generic INTERNAL.
+    """
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -20,17 +30,27 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method = handler_call_details.method
         inner = handler.unary_unary
+        parse = handler.request_deserializer
 
-        async def behaviour(request, context: grpc.aio.ServicerContext):
+        async def behaviour(raw: bytes, context: grpc.aio.ServicerContext):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
+                try:
+                    request = parse(raw)
+                except DecodeError:
+                    raise InvalidInput("the request is not a valid protobuf message for this method "
+                                       "(strings must be valid UTF-8)") from None
                 return await inner(request, context)
             except WorkerError as error:
                 code = error.code
-                await context.abort(code, str(error))
+                await context.abort(code, str(error)[:MAX_DETAILS_CHARS],
+                                    ((REASON_KEY, error.reason),) if error.reason else ())
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
                 raise
             except Exception:
                 code = grpc.StatusCode.INTERNAL
@@ -45,6 +65,6 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             behaviour,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=None,
             response_serializer=handler.response_serializer,
         )

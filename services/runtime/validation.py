@@ -1,6 +1,6 @@
 """Request validation shared by the model workers; every message says what to fix."""
 
-from services.runtime.errors import InvalidInput
+from services.runtime.errors import InvalidInput, NotFound
 
 
 def validate_texts(texts: list[str], max_items: int, max_chars: int, field: str = "texts") -> None:
@@ -26,4 +26,5 @@ def validate_text(text: str, max_chars: int, field: str) -> None:
 def validate_model_name(requested: str, served: str) -> None:
     """An empty name means the served model; anything else must name it (full id or last path part)."""
     if requested and requested not in (served, served.rsplit("/", 1)[-1]):
-        raise InvalidInput(f"model {requested!r} is not served here; this worker serves {served!r}")
+        shown = requested if len(requested) <= 80 else requested[:80] + "…"
+        raise NotFound(f"model {shown!r} is not served here; this worker serves {served!r}")

@@ -33,7 +33,6 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
 ]
 
@@ -52,7 +51,11 @@ class Worker:
             from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
             interceptors.insert(0, aio_server_interceptor())
-        self.server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
+        self.server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[*SERVER_OPTIONS, ("grpc.max_receive_message_length", settings.max_request_bytes())],
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        )
         self.health = HealthServicer()
         self.loading: asyncio.Task | None = None
         self.port = 0

@@ -1,6 +1,6 @@
 import pytest
 
-from services.runtime.errors import InvalidInput
+from services.runtime.errors import InvalidInput, NotFound
 from services.runtime.validation import validate_model_name, validate_texts
 
 
@@ -26,5 +26,8 @@ def test_model_name_may_be_empty_full_or_short_but_nothing_else():
     validate_model_name("", "org/model")
     validate_model_name("org/model", "org/model")
     validate_model_name("model", "org/model")
-    with pytest.raises(InvalidInput, match="not served here"):
+    with pytest.raises(NotFound, match="not served here"):
         validate_model_name("other", "org/model")
+    with pytest.raises(NotFound) as refused:
+        validate_model_name("m" * 20_000, "org/model")
+    assert len(str(refused.value)) < 200, "a worker never echoes unbounded input"

@@ -1,5 +1,6 @@
 """A real worker runtime and servicer over the fake adapter, and the gateway app in front of it."""
 
+import asyncio
 import socket
 from contextlib import asynccontextmanager
 
@@ -69,7 +70,17 @@ async def gateway_client(addresses: str, api_keys: str = "", max_body_bytes: int
                                api_keys=api_keys, max_body_bytes=max_body_bytes)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
+        await limits_learned(app)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
             client.app = app
             yield client
+
+
+async def limits_learned(app, timeout: float = 5.0) -> None:
+    """Wait until every reachable model upstream's limits are known, as they are moments after start."""
+    for client in app.state.upstreams.values():
+        if client.serves_model and (await client.probe(0.5))["status"] == "SERVING":
+            async with asyncio.timeout(timeout):
+                while client.limits is None:
+                    await asyncio.sleep(0.01)

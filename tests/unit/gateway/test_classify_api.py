@@ -46,8 +46,9 @@ async def test_limits_are_clear_4xx_never_silent_truncation(client):
     too_long = await client.post("/v1/classify", json={"text": "x" * 9000})
     empty = await client.post("/api/v1/intents/classify", json={"text": " "})
     assert too_many.status_code == 413 and "at most 100" in too_many.json()["error"]["message"]
-    assert too_long.status_code == 400 and "limit is 8192" in too_long.json()["error"]["message"]
-    assert empty.status_code == 400 and "is empty" in empty.json()["error"]["message"]
+    assert too_long.status_code == 422 and too_long.json()["error"]["message"] == (
+        "text has 9000 characters; the limit is 8192: shorten it")
+    assert empty.status_code == 422 and "non-whitespace" in empty.json()["error"]["message"]
 
 
 async def test_a_dead_classifier_is_a_503():

@@ -34,20 +34,22 @@ async def test_a_single_string_input_and_reduced_dimensions(fake_embedding_worke
     np.testing.assert_allclose(item["embedding"], normalized("alpha", 3), rtol=1e-6)
 
 
-async def test_invalid_input_is_a_400_with_the_workers_message(fake_embedding_worker):
+async def test_invalid_input_is_refused_at_the_edge_with_what_to_fix(fake_embedding_worker):
     async with gateway_client(f"127.0.0.1:{fake_embedding_worker.port}") as client:
-        empty = await client.post("/v1/embeddings", json={"input": ["fine", ""]})
+        blank = await client.post("/v1/embeddings", json={"input": ["fine", "  "]})
         too_many = await client.post("/v1/embeddings", json={"input": ["x"] * 17})
         too_wide = await client.post("/v1/embeddings", json={"input": "x", "dimensions": 9})
         wrong_model = await client.post("/v1/embeddings", json={"input": "x", "model": "gpt-4"})
         wrong_shape = await client.post("/v1/embeddings", json={"input": [1, 2]})
-    assert empty.status_code == 400
-    assert empty.json()["error"] == {"type": "invalid_request_error", "upstream": "embedding",
-                                     "message": "texts[1] is empty: send non-empty text"}
-    assert too_many.status_code == 400 and "at most 16" in too_many.json()["error"]["message"]
-    assert too_wide.status_code == 400 and "has 8" in too_wide.json()["error"]["message"]
-    assert wrong_model.status_code == 400 and "not served here" in wrong_model.json()["error"]["message"]
+        overlong = await client.post("/v1/embeddings", json={"input": "word " * 80, "truncate": False})
+    assert blank.status_code == 422
+    assert blank.json()["error"] == {"type": "invalid_request_error",
+                                     "message": "input.1: must contain a non-whitespace character"}
+    assert too_many.status_code == 422 and "at most 16" in too_many.json()["error"]["message"]
+    assert too_wide.status_code == 422 and "has 8" in too_wide.json()["error"]["message"]
+    assert wrong_model.status_code == 404 and "'test/fake-model'" in wrong_model.json()["error"]["message"]
     assert wrong_shape.status_code == 422 and wrong_shape.json()["error"]["type"] == "invalid_request_error"
+    assert overlong.status_code == 400 and "has 82 tokens" in overlong.json()["error"]["message"]
 
 
 async def test_a_failing_model_is_a_generic_502_without_internals(fake_embedding_worker):

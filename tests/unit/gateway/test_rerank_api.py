@@ -21,13 +21,13 @@ async def test_rerank_sorts_by_score_and_honours_top_n_and_return_documents(fake
     assert "document" not in raw.json()["results"][0]
 
 
-async def test_rerank_input_errors_are_400s_and_a_dead_worker_is_a_503(fake_reranking_worker):
+async def test_rerank_input_errors_are_422s_and_a_dead_worker_is_a_503(fake_reranking_worker):
     async with gateway_client(unused_address(), reranking=f"127.0.0.1:{fake_reranking_worker.port}") as client:
         empty = await client.post("/v1/rerank", json={"query": "q", "documents": []})
         too_many = await client.post("/v1/rerank", json={"query": "q", "documents": ["d"] * 5})
         no_query = await client.post("/v1/rerank", json={"documents": ["d"]})
-    assert empty.status_code == 400 and "documents must contain" in empty.json()["error"]["message"]
-    assert too_many.status_code == 400 and "at most 4" in too_many.json()["error"]["message"]
+    assert empty.status_code == 422 and "documents" in empty.json()["error"]["message"]
+    assert too_many.status_code == 422 and "documents has 5 items; at most 4" in too_many.json()["error"]["message"]
     assert no_query.status_code == 422
     async with gateway_client(unused_address()) as client:
         down = await client.post("/v1/rerank", json={"query": "q", "documents": ["d"]})

@@ -1,0 +1,133 @@
+"""The input contract of every route, written once: field types, the workers' published limits, and the schema.
+
+Static constraints (types, non-blank, valid Unicode, ranges that fit the proto fields, bounded names) live
+in the pydantic types below, so validation and /openapi.json agree by construction. The limits a worker
+publishes in its `Info` (items per request, characters per item, dimension, model id) are learned at run
+time by each `Upstream`; `enforce_texts` applies them before anything is forwarded, and `publish_limits`
+writes the same numbers into the OpenAPI schema at the fields tagged with `LIMIT_KEY`.
+"""
+
+import copy
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+from gateway.errors import ApiError
+
+UINT32_MAX = 2**32 - 1
+MAX_NAME_CHARS = 256
+# A text must hold something to embed; the same rule as the workers' `text.strip()` check.
+NON_BLANK = r"\S"
+# Where a worker-published limit applies: "<upstream>.<limit>", replaced by the number in the schema.
+LIMIT_KEY = "x-torchgate-limit"
+_LIMIT_KEYWORDS = {"max_items": "maxItems", "max_chars": "maxLength", "dimension": "maximum"}
+
+
+def _valid_unicode(value: str) -> str:
+    """JSON may carry lone UTF-16 surrogates (\\ud800); they are not text and cannot cross gRPC."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"invalid Unicode at character {error.start} (a lone surrogate): send valid UTF-16 "
+                         "pairs or UTF-8") from None
+    return value
+
+
+# Constraints come before the Unicode check so that they stay plain JSON Schema keywords.
+Name = Annotated[str, Field(max_length=MAX_NAME_CHARS), AfterValidator(_valid_unicode)]
+
+
+def text_type(upstream: str, description: str = "A non-blank text.") -> Any:
+    """One input text for `upstream`: non-blank, valid Unicode, at most the worker's max_chars_per_item."""
+    return Annotated[str, Field(min_length=1, pattern=NON_BLANK, description=description,
+                                json_schema_extra={LIMIT_KEY: f"{upstream}.max_chars"}),
+                     AfterValidator(_valid_unicode)]
+
+
+def texts_type(upstream: str) -> Any:
+    """A non-empty list of texts for `upstream`, at most the worker's max_items_per_request."""
+    return Annotated[list[text_type(upstream)], Field(min_length=1,
+                                                      json_schema_extra={LIMIT_KEY: f"{upstream}.max_items"})]
+
+
+def one_or_many_texts(upstream: str) -> Any:
+    """A text or a list of texts, validated as a list (so errors name `input.N`, not a union branch)."""
+    return Annotated[texts_type(upstream), BeforeValidator(
+        lambda value: [value] if isinstance(value, str) else value,
+        json_schema_input_type=text_type(upstream) | texts_type(upstream),
+    )]
+
+
+class RequestBody(BaseModel):
+    """Base of every JSON body; unknown fields are ignored for compatibility with other APIs."""
+
+    model_config = ConfigDict(extra="ignore", regex_engine="python-re")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one worker accepts, from its Info."""
+
+    model_id: str
+    max_items: int
+    max_chars: int
+    dimension: int
+
+    @classmethod
+    def from_info(cls, info) -> "Limits":
+        return cls(info.model_id, info.max_items_per_request, info.max_chars_per_item, info.dimension)
+
+    def names(self) -> tuple[str, str]:
+        """The names a request may use for the model: its full id or its last path part."""
+        return self.model_id, self.model_id.rsplit("/", 1)[-1]
+
+
+def _clip(value: str, limit: int = 80) -> str:
+    return value if len(value) <= limit else value[:limit] + "…"
+
+
+def enforce_model(limits: Limits | None, requested: str | None, upstream: str) -> None:
+    """404 for a model this upstream does not serve (checked once the worker's Info is known)."""
+    if limits is None or not requested or requested in limits.names():
+        return
+    raise ApiError(404, "model_not_found",
+                   f"model {_clip(requested)!r} is not served; served: {limits.model_id!r}", upstream)
+
+
+def enforce_texts(limits: Limits | None, texts: list[str], field: str, upstream: str) -> None:
+    """422 for more items or longer texts than the worker accepts, before anything is forwarded."""
+    if limits is None:
+        return
+    if len(texts) > limits.max_items:
+        raise ApiError(422, "invalid_request_error",
+                       f"{field} has {len(texts)} items; at most {limits.max_items} per request: split the request",
+                       upstream)
+    for index, text in enumerate(texts):
+        if len(text) > limits.max_chars:
+            where = field if field in ("query", "text") else f"{field}[{index}]"
+            raise ApiError(422, "invalid_request_error",
+                           f"{where} has {len(text)} characters; the limit is {limits.max_chars}: shorten it",
+                           upstream)
+
+
+def publish_limits(schema: dict, limits: dict[str, Limits | None]) -> dict:
+    """A copy of the OpenAPI schema with every tagged field bounded by the limit its worker published."""
+    published = copy.deepcopy(schema)
+
+    def visit(node: Any) -> None:
+        if isinstance(node, dict):
+            tag = node.get(LIMIT_KEY)
+            if isinstance(tag, str):
+                upstream, _, name = tag.partition(".")
+                known = limits.get(upstream)
+                if known is not None:
+                    node[_LIMIT_KEYWORDS[name]] = getattr(known, name)
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+
+    visit(published)
+    return published
