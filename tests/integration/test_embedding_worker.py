@@ -103,15 +103,22 @@ async def test_reduced_dimensions_are_renormalized_prefixes(embedding_channel, m
         ({"texts": ["x"] * 65}, "texts has 65 items; at most 64"),
         ({"texts": ["word " * 400], "truncate": False}, "tokens; the model accepts at most 256"),
         ({"texts": ["ok"], "dimensions": 1000}, "dimensions is 1000 but"),
-        ({"texts": ["ok"], "model": "text-embedding-3-large"}, "is not served here"),
     ],
 )
 async def test_bad_inputs_get_invalid_argument_with_a_precise_message(embedding_channel, request_fields, message):
     stub = embedding_pb2_grpc.EmbeddingServiceStub(embedding_channel)
     with pytest.raises(grpc.aio.AioRpcError) as error:
-        await stub.Embed(embedding_pb2.EmbedRequest(**request_fields))
+        await stub.Embed(embedding_pb2.EmbedRequest(**request_fields), timeout=30)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in error.value.details()
+
+
+async def test_an_unknown_model_is_not_found_naming_the_served_one(embedding_channel):
+    stub = embedding_pb2_grpc.EmbeddingServiceStub(embedding_channel)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await stub.Embed(embedding_pb2.EmbedRequest(texts=["ok"], model="text-embedding-3-large"), timeout=30)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "this worker serves 'sentence-transformers/all-MiniLM-L6-v2'" in error.value.details()
 
 
 async def test_long_texts_are_truncated_when_asked(embedding_channel):

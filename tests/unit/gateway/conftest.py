@@ -82,5 +82,5 @@ async def limits_learned(app, timeout: float = 5.0) -> None:
     for client in app.state.upstreams.values():
         if client.serves_model and (await client.probe(0.5))["status"] == "SERVING":
             async with asyncio.timeout(timeout):
-                while client.limits is None:
+                while client.limits is None:  # noqa: ASYNC110 - polls a field the upstream's task sets
                     await asyncio.sleep(0.01)
