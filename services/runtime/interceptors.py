@@ -8,7 +8,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from services.runtime.errors import InvalidInput, WorkerError
-from services.runtime.metrics import REQUEST_SECONDS, REQUESTS
+from services.runtime.metrics import IN_FLIGHT, REQUEST_SECONDS, REQUESTS
 
 log = logging.getLogger("torchgate.access")
 
@@ -32,9 +32,12 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         inner = handler.unary_unary
         parse = handler.request_deserializer
 
+        in_flight = IN_FLIGHT.labels(method)
+
         async def behaviour(raw: bytes, context: grpc.aio.ServicerContext):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
+            in_flight.inc()
             try:
                 try:
                     request = parse(raw)
@@ -57,6 +60,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                 log.exception("unhandled error in %s", method)
                 await context.abort(code, "internal error")
             finally:
+                in_flight.dec()
                 elapsed = time.perf_counter() - started
                 REQUESTS.labels(method, code.name).inc()
                 REQUEST_SECONDS.labels(method).observe(elapsed)

@@ -6,6 +6,7 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 
 REQUESTS = Counter("torchgate_worker_requests_total", "gRPC requests by method and status code",
                    ["method", "code"])
+IN_FLIGHT = Gauge("torchgate_worker_requests_in_flight", "gRPC calls being served now", ["method"])
 REQUEST_SECONDS = Histogram("torchgate_worker_request_seconds", "gRPC request latency", ["method"],
                             buckets=_LATENCY_BUCKETS)
 _QUEUE_DEPTH = Gauge("torchgate_batcher_queue_depth", "Inputs waiting for a batch", ["model"])

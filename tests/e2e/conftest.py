@@ -4,6 +4,8 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,26 +38,36 @@ class Mesh:
         return int((self.run_dir / f"{service}.pid").read_text())
 
 
-@pytest.fixture
-def mesh(tmp_path):
+@contextmanager
+def running_mesh(run_dir: Path, **extra_env: str) -> Iterator[Mesh]:
+    """The whole mesh started by scripts/start.sh; stop.sh runs whatever happened, a failed start included."""
     ports = {name: free_port() for name in ("gpu", "embedding", "reranking", "classifier", "gateway")}
     env = {
         **os.environ,
-        "TORCHGATE_RUN_DIR": str(tmp_path / "run"),
+        "TORCHGATE_RUN_DIR": str(run_dir),
         "TORCHGATE_PYTHON": sys.executable,
-        "TORCHGATE_GPU_PORT": str(ports["gpu"]),
         "TORCHGATE_GPU_METRICS_PORT": "0",
-        "TORCHGATE_EMBEDDING_PORT": str(ports["embedding"]),
         "TORCHGATE_EMBEDDING_METRICS_PORT": "0",
-        "TORCHGATE_RERANKING_PORT": str(ports["reranking"]),
         "TORCHGATE_RERANKING_METRICS_PORT": "0",
-        "TORCHGATE_CLASSIFIER_PORT": str(ports["classifier"]),
         "TORCHGATE_CLASSIFIER_METRICS_PORT": "0",
-        "TORCHGATE_GATEWAY_PORT": str(ports["gateway"]),
         "TORCHGATE_LOG_FORMAT": "text",
+        # The suite checks CPU behaviour; a GPU machine would otherwise pick CUDA and fp16.
+        "TORCHGATE_EMBEDDING_DEVICE": "cpu",
+        "TORCHGATE_RERANKING_DEVICE": "cpu",
+        "TORCHGATE_CLASSIFIER_DEVICE": "cpu",
+        **{f"TORCHGATE_{name.upper()}_PORT": str(port) for name, port in ports.items()},
+        **extra_env,
     }
-    mesh = Mesh(env, tmp_path / "run", ports)
-    started = mesh.script("start.sh")
-    assert started.returncode == 0, started.stdout + started.stderr
-    yield mesh
-    mesh.script("stop.sh", timeout=60)
+    mesh = Mesh(env, run_dir, ports)
+    try:
+        started = mesh.script("start.sh")
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield mesh
+    finally:
+        mesh.script("stop.sh", timeout=60)
+
+
+@pytest.fixture
+def mesh(tmp_path):
+    with running_mesh(tmp_path / "run") as running:
+        yield running

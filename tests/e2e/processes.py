@@ -1,6 +1,7 @@
 """Real worker and gateway processes for the fault tests, and a bounded closed-loop REST load."""
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -21,8 +22,9 @@ class Service:
 
     def __init__(self, module: str, env: dict[str, str], log: Path):
         self.log = log
+        # Its own process group, so stop() takes down anything it started too.
         self.process = subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env={**os.environ, **env},
-                                        stdout=log.open("ab"), stderr=subprocess.STDOUT)
+                                        stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
 
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)
@@ -32,14 +34,16 @@ class Service:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
-            self.process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGCONT)
+                os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
 
 
 def start_embedding_worker(port: int, log_dir: Path, **settings: str) -> Service:
     env = {"TORCHGATE_EMBEDDING_PORT": str(port), "TORCHGATE_EMBEDDING_METRICS_PORT": "0",
            "TORCHGATE_LOG_FORMAT": "text", "TORCHGATE_EMBEDDING_GRACE_PERIOD_S": "10",
+           "TORCHGATE_EMBEDDING_DEVICE": "cpu",
            **{f"TORCHGATE_EMBEDDING_{k.upper()}": v for k, v in settings.items()}}
     return Service("services.embedding", env, log_dir / f"embedding-{port}.log")
 
@@ -52,11 +56,12 @@ def wait_serving(*ports: int, timeout: float = 180) -> None:
             time.sleep(0.3)
 
 
-def start_gateway(ports: list[int], log_dir: Path, **upstream: str) -> tuple[Service, str]:
+def start_gateway(ports: list[int], log_dir: Path, env: dict[str, str] | None = None,
+                  **upstream: str) -> tuple[Service, str]:
     port = free_port()
     env = {"TORCHGATE_GATEWAY_PORT": str(port), "TORCHGATE_LOG_FORMAT": "text",
            "TORCHGATE_GATEWAY_EMBEDDING__ADDRESSES": ",".join(f"127.0.0.1:{p}" for p in ports),
-           **{f"TORCHGATE_GATEWAY_EMBEDDING__{k.upper()}": v for k, v in upstream.items()}}
+           **{f"TORCHGATE_GATEWAY_EMBEDDING__{k.upper()}": v for k, v in upstream.items()}, **(env or {})}
     service = Service("gateway", env, log_dir / "gateway.log")
     url = f"http://127.0.0.1:{port}"
     give_up = time.monotonic() + 60
@@ -66,7 +71,9 @@ def start_gateway(ports: list[int], log_dir: Path, **upstream: str) -> tuple[Ser
                 return service, url
         except httpx.TransportError:
             pass
-        assert time.monotonic() < give_up, "gateway did not start"
+        if time.monotonic() > give_up or service.process.poll() is not None:
+            service.stop()
+            raise AssertionError(f"gateway did not start; see {service.log}")
         time.sleep(0.2)
 
 
