@@ -17,8 +17,9 @@ from gateway.errors import ApiError
 
 UINT32_MAX = 2**32 - 1
 MAX_NAME_CHARS = 256
-# A text must hold something to embed; the same rule as the workers' `text.strip()` check.
-NON_BLANK = r"\S"
+# A text must hold something to embed: one character outside Python's whitespace (str.isspace, the set the
+# workers' `text.strip()` removes), spelled out so that every regex dialect reads the schema alike.
+NON_BLANK = r"[^\t\n\v\f\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 # Where a worker-published limit applies: "<upstream>.<limit>", replaced by the number in the schema.
 LIMIT_KEY = "x-torchgate-limit"
 _LIMIT_KEYWORDS = {"max_items": "maxItems", "max_chars": "maxLength", "dimension": "maximum"}
@@ -33,6 +34,15 @@ def _valid_unicode(value: str) -> str:
                          "pairs or UTF-8") from None
     return value
 
+
+def _integral(value: Any) -> Any:
+    """JSON Schema counts 69.0 as an integer; so does the contract (strings and booleans stay refused)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def json_int(minimum: int, maximum: int) -> Any:
+    """An integer in [minimum, maximum]; the bounds stay plain JSON Schema keywords."""
+    return Annotated[int, Field(ge=minimum, le=maximum), BeforeValidator(_integral)]
 
 # Constraints come before the Unicode check so that they stay plain JSON Schema keywords.
 Name = Annotated[str, Field(max_length=MAX_NAME_CHARS), AfterValidator(_valid_unicode)]
@@ -60,9 +70,9 @@ def one_or_many_texts(upstream: str) -> Any:
 
 
 class RequestBody(BaseModel):
-    """Base of every JSON body; unknown fields are ignored for compatibility with other APIs."""
+    """Base of every JSON body: JSON types as the schema says them (strict); unknown fields are ignored."""
 
-    model_config = ConfigDict(extra="ignore", regex_engine="python-re")
+    model_config = ConfigDict(extra="ignore", regex_engine="python-re", strict=True)
 
 
 @dataclass(frozen=True)

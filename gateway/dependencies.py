@@ -9,13 +9,15 @@ from gateway.upstream import Upstream
 
 TIMEOUT_HEADER = "X-Request-Timeout"
 MAX_TIMEOUT_S = 600
+# Below this a deadline cannot cover even the network hop; such requests are refused, not attempted.
+MIN_TIMEOUT_S = 0.01
 
 
 class ModelRequest(RequestBody):
     """Fields every model route accepts."""
 
     model: Name | None = Field(None, description="The served model id (or its last path part); empty for the default.")
-    timeout: float | None = Field(None, gt=0, le=MAX_TIMEOUT_S,
+    timeout: float | None = Field(None, ge=MIN_TIMEOUT_S, le=MAX_TIMEOUT_S,
                                   description="Deadline in seconds (else the X-Request-Timeout header).")
 
 
@@ -38,7 +40,7 @@ def request_timeout(request: Request, client: Upstream, body_timeout: float | No
         timeout = float(raw)
     except ValueError:
         timeout = -1.0
-    if not 0 < timeout <= MAX_TIMEOUT_S:
+    if not MIN_TIMEOUT_S <= timeout <= MAX_TIMEOUT_S:
         raise ApiError(400, "invalid_request_error",
-                       f"{TIMEOUT_HEADER} must be a number of seconds in (0, {MAX_TIMEOUT_S}]")
+                       f"{TIMEOUT_HEADER} must be a number of seconds in [{MIN_TIMEOUT_S}, {MAX_TIMEOUT_S}]")
     return timeout

@@ -3,7 +3,7 @@
 from fastapi import APIRouter, Request
 from pydantic import ConfigDict, Field, model_validator
 
-from gateway.contract import RequestBody, enforce_model, enforce_texts, text_type, texts_type
+from gateway.contract import RequestBody, enforce_model, enforce_texts, json_int, text_type, texts_type
 from gateway.dependencies import ModelRequest, request_timeout, upstream
 from gateway.errors import MODEL_ROUTE_ERRORS, ApiError
 from gateway.responses import JSONResponse
@@ -23,7 +23,7 @@ class ClassifyRequest(ModelRequest):
 
     text: ClassifierText = Field(None, description="One text (or use `texts`).")
     texts: texts_type("classifier") = Field(None, description="Several texts (or use `text`).")
-    top_k: int | None = Field(None, ge=1, le=MAX_TOP_K, description="How many intents to list per text (3 by default).")
+    top_k: json_int(1, MAX_TOP_K) | None = Field(None, description="How many intents to list per text (3 by default).")
 
     @model_validator(mode="after")
     def one_of_text_or_texts(self):

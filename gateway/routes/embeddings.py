@@ -7,7 +7,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from pydantic import Field
 
-from gateway.contract import LIMIT_KEY, UINT32_MAX, Name, enforce_model, enforce_texts, one_or_many_texts
+from gateway.contract import LIMIT_KEY, UINT32_MAX, Name, enforce_model, enforce_texts, json_int, one_or_many_texts
 from gateway.dependencies import ModelRequest, request_timeout, upstream
 from gateway.errors import MODEL_ROUTE_ERRORS, ApiError
 from gateway.responses import JSONResponse
@@ -19,7 +19,7 @@ router = APIRouter(responses=MODEL_ROUTE_ERRORS)
 class EmbeddingsRequest(ModelRequest):
     input: one_or_many_texts("embedding") = Field(description="A text or a list of texts.")
     encoding_format: Literal["float", "base64"] = Field("float", description="base64: little-endian float32.")
-    dimensions: int | None = Field(None, ge=1, le=UINT32_MAX, json_schema_extra={LIMIT_KEY: "embedding.dimension"},
+    dimensions: json_int(1, UINT32_MAX) | None = Field(None, json_schema_extra={LIMIT_KEY: "embedding.dimension"},
                                    description="Keep only the first N dimensions (then re-normalize).")
     user: Name | None = Field(None, description="Accepted for OpenAI compatibility; unused.")
     truncate: bool = Field(True, description="Cut texts longer than the model's limit; false makes them a 400.")

@@ -3,7 +3,7 @@
 from fastapi import APIRouter, Request
 from pydantic import Field
 
-from gateway.contract import LIMIT_KEY, UINT32_MAX, RequestBody, enforce_model, enforce_texts, text_type
+from gateway.contract import LIMIT_KEY, UINT32_MAX, RequestBody, enforce_model, enforce_texts, json_int, text_type
 from gateway.dependencies import ModelRequest, request_timeout, upstream
 from gateway.errors import MODEL_ROUTE_ERRORS
 from gateway.responses import JSONResponse
@@ -23,7 +23,7 @@ class RerankRequest(ModelRequest):
     documents: list[RerankText | Document] = Field(
         min_length=1, json_schema_extra={LIMIT_KEY: "reranking.max_items"},
         description="Texts, or objects with a `text` field, to score.")
-    top_n: int | None = Field(None, ge=1, le=UINT32_MAX, description="Return only the best N; all by default.")
+    top_n: json_int(1, UINT32_MAX) | None = Field(None, description="Return only the best N; all by default.")
     return_documents: bool = Field(False, description="Echo each document in its result.")
     raw_scores: bool = Field(False, description="Logits instead of the model's activation.")
 
