@@ -4,6 +4,9 @@ from pathlib import Path
 
 import pytest
 
+# Tests that describe a machine without a GPU; on one with a GPU, tests/gpu checks the CUDA side instead.
+cpu_machine_only = pytest.mark.skipif(Path("/dev/nvidiactl").exists(), reason="this machine has an NVIDIA GPU")
+
 _FOLDER_MARKERS = {"unit": pytest.mark.unit, "integration": pytest.mark.integration, "e2e": pytest.mark.e2e,
                    "gpu": pytest.mark.gpu}
 

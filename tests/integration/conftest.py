@@ -13,6 +13,9 @@ from services.embedding.settings import EmbeddingSettings
 from services.runtime.worker import Worker
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# CPU expectations (device, dtype, fp32 tolerances) must hold on a GPU machine too; tests/gpu covers CUDA.
+for _worker in ("EMBEDDING", "RERANKING", "CLASSIFIER"):
+    os.environ.setdefault(f"TORCHGATE_{_worker}_DEVICE", "cpu")
 
 
 def grpcurl() -> str:

@@ -8,6 +8,7 @@ import pytest
 from services.gpu.servicer import build
 from services.gpu.settings import GpuSettings
 from services.runtime.worker import Worker
+from tests.conftest import cpu_machine_only
 from torchgate.v1 import gpu_pb2, gpu_pb2_grpc
 
 torch = pytest.importorskip("torch")
@@ -26,12 +27,14 @@ async def gpu_stub():
     await worker.stop(0)
 
 
+@cpu_machine_only
 async def test_a_cpu_machine_reports_no_cuda_and_no_devices(gpu_stub):
     status = await gpu_stub.GetStatus(gpu_pb2.GetStatusRequest())
     assert (status.cuda_available, status.device_count, status.source) == (False, 0, "none")
     assert list(status.devices) == [] and list((await gpu_stub.ListDevices(gpu_pb2.ListDevicesRequest())).devices) == []
 
 
+@cpu_machine_only
 @pytest.mark.parametrize(
     ("call", "code", "message"),
     [

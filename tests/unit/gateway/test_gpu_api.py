@@ -2,6 +2,7 @@ import pytest
 
 from services.gpu.servicer import GpuServicer
 from services.gpu.settings import GpuSettings
+from tests.conftest import cpu_machine_only
 from tests.unit.gateway.conftest import gateway_client, serving, unused_address
 
 
@@ -11,6 +12,7 @@ async def gpu_worker():
         yield worker
 
 
+@cpu_machine_only
 async def test_gpu_routes_answer_on_a_cpu_machine_and_unknown_devices_are_404(gpu_worker):
     async with gateway_client(unused_address(), gpu=f"127.0.0.1:{gpu_worker.port}") as client:
         status = await client.get("/v1/gpu/status")
