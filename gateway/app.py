@@ -15,6 +15,7 @@ from gateway.routes import classify, embeddings, gpu, health, models, rerank
 from gateway.upstream import Upstream
 from torchgate import __version__
 from torchgate.logs import configure_logging
+from torchgate.ports import announce_port
 from torchgate.telemetry import configure_tracing
 from torchgate.tls import channel_credentials
 from torchgate.v1 import (
@@ -114,11 +115,22 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
 
 def main() -> None:
-    """`python -m gateway`: serve the REST API with uvicorn."""
+    """`python -m gateway`: serve the REST API with uvicorn on a socket bound here, so port 0 can be announced."""
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     settings = GatewaySettings()
     configure_logging(settings.log_level, settings.log_format)
-    uvicorn.run("gateway.app:create_app", factory=True, host=settings.host, port=settings.port,
-                workers=settings.workers, loop="uvloop", http="httptools", log_level=settings.log_level.lower(),
-                access_log=False, timeout_graceful_shutdown=10)
+    config = uvicorn.Config("gateway.app:create_app", factory=True, host=settings.host, port=settings.port,
+                            workers=settings.workers, loop="uvloop", http="httptools",
+                            log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=10)
+    sock = config.bind_socket()
+    if settings.port_file:
+        announce_port(settings.port_file, sock.getsockname()[1])
+    if config.workers > 1:
+        Multiprocess(config, sockets=[sock]).run()
+        return
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    if not server.started:
+        raise SystemExit(1)

@@ -41,7 +41,9 @@ class GatewaySettings(BaseSettings):
     )
 
     host: str = Field("127.0.0.1", description="Interface the REST server binds.")
-    port: int = Field(8000, description="REST port.")
+    port: int = Field(8000, description="REST port (0 picks a free one).")
+    port_file: str = Field("", description="After binding, write the REST port here (scripts/start.sh uses "
+                                           "$TORCHGATE_RUN_DIR/gateway.port).")
     workers: int = Field(1, ge=1, description="Gateway processes (uvicorn workers) for many-core hosts.")
     api_keys: str = Field(
         "", description="Comma-separated API keys; when set, /v1 and /api need `Authorization: Bearer <key>`."

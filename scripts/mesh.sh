@@ -16,15 +16,20 @@ declare -A SERVICE=(
   [classifier]=torchgate.v1.ClassifierService
 )
 
+# A started service writes the port it bound to $RUN_DIR/<name>.port (port 0 picks a free one).
+port_file() { echo "$RUN_DIR/$1.port"; }
 worker_port() {
   local var="TORCHGATE_${1^^}_PORT"
-  echo "${!var:-${DEFAULT_PORT[$1]}}"
+  if [ -s "$(port_file "$1")" ]; then cat "$(port_file "$1")"; else echo "${!var:-${DEFAULT_PORT[$1]}}"; fi
 }
 worker_host() {
   local var="TORCHGATE_${1^^}_HOST"
   echo "${!var:-127.0.0.1}"
 }
-gateway_url() { echo "http://${TORCHGATE_GATEWAY_HOST:-127.0.0.1}:${TORCHGATE_GATEWAY_PORT:-8000}"; }
+gateway_port() {
+  if [ -s "$(port_file gateway)" ]; then cat "$(port_file gateway)"; else echo "${TORCHGATE_GATEWAY_PORT:-8000}"; fi
+}
+gateway_url() { echo "http://${TORCHGATE_GATEWAY_HOST:-127.0.0.1}:$(gateway_port)"; }
 
 pid_alive() { [ -f "$RUN_DIR/$1.pid" ] && kill -0 "$(cat "$RUN_DIR/$1.pid")" 2>/dev/null; }
 

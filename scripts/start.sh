@@ -25,6 +25,8 @@ launch() {  # name, module
     echo "$1 already running (pid $(cat "$RUN_DIR/$1.pid"))"
     return
   fi
+  rm -f "$(port_file "$1")"
+  export "TORCHGATE_${1^^}_PORT_FILE=$(port_file "$1")"
   # setsid: Ctrl-C in this terminal must not reach the services; stop.sh drains them in order.
   setsid "$PYTHON" -m "$2" >>"$RUN_DIR/$1.log" 2>&1 </dev/null &
   echo $! >"$RUN_DIR/$1.pid"
@@ -49,14 +51,16 @@ wait_until() {  # name, command...
 
 for name in "${WORKERS[@]}"; do
   launch "$name" "services.$name"
-  upstream_var="TORCHGATE_GATEWAY_${name^^}__ADDRESSES"
-  export "$upstream_var=${!upstream_var:-127.0.0.1:$(worker_port "$name")}"
 done
 for name in "${WORKERS[@]}"; do
+  wait_until "$name" test -s "$(port_file "$name")"
+  upstream_var="TORCHGATE_GATEWAY_${name^^}__ADDRESSES"
+  export "$upstream_var=${!upstream_var:-127.0.0.1:$(worker_port "$name")}"
   wait_until "$name" worker_status "$name"
   echo "$name   serving on $(worker_host "$name"):$(worker_port "$name")  (${SERVICE[$name]})"
 done
 launch gateway gateway
+wait_until gateway test -s "$(port_file gateway)"
 wait_until gateway gateway_ready
 echo "gateway   ready on $(gateway_url)   (docs: $(gateway_url)/docs, logs: $RUN_DIR/)"
 

@@ -24,7 +24,7 @@ stop_one() {
     fi
     echo "$name stopped"
   fi
-  rm -f "$pid_file"
+  rm -f "$pid_file" "$(port_file "$name")"
 }
 
 for ((i = ${#WORKERS[@]}; i >= 0; i--)); do

@@ -67,7 +67,7 @@ def train(embeddings: np.ndarray, labels: np.ndarray, classes: int, folds: int =
 
 def calibrate_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The temperature minimizing the held-out negative log-likelihood (a grid is plenty for one number)."""
-    candidates = np.exp(np.linspace(np.log(0.05), np.log(20), 200))
+    candidates = np.exp(np.linspace(np.log(0.01), np.log(100), 400))
     rows = np.arange(len(labels))
     losses = [-np.log(softmax(logits / t)[rows, labels] + 1e-12).mean() for t in candidates]
     return float(candidates[int(np.argmin(losses))])

@@ -11,6 +11,8 @@ class WorkerSettings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Interface the gRPC server binds (0.0.0.0 in containers).")
     port: int = Field(0, description="gRPC port (0 picks a free one).")
+    port_file: str = Field("", description="After binding, write the gRPC port here (how callers of port 0 "
+                                           "learn it; scripts/start.sh uses $TORCHGATE_RUN_DIR/<worker>.port).")
     metrics_port: int = Field(0, description="Prometheus /metrics HTTP port; 0 disables it.")
     grace_period_s: float = Field(10.0, description="On SIGTERM, how long in-flight requests may take.")
     max_concurrent_rpcs: int = Field(

@@ -21,6 +21,7 @@ from services.runtime.errors import ModelNotFound
 from services.runtime.interceptors import StatusInterceptor
 from services.runtime.servicer import WorkerServicer
 from torchgate.logs import configure_logging
+from torchgate.ports import announce_port
 from torchgate.telemetry import configure_tracing
 from torchgate.tls import server_credentials
 
@@ -78,6 +79,8 @@ class Worker:
         for name in ("", self.service_name):
             await self.health.set(name, NOT_SERVING)
         await self.server.start()
+        if settings.port_file:
+            announce_port(settings.port_file, self.port)
         if self.settings.metrics_port:
             start_http_server(self.settings.metrics_port, addr=self.settings.host)
         log.info("listening", extra={"service": self.service_name, "port": self.port,

@@ -1,12 +1,11 @@
 """The mesh as users run it: scripts/start.sh on free loopback ports, scripts/stop.sh afterwards."""
 
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -14,17 +13,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+SERVICES = ("gpu", "embedding", "reranking", "classifier", "gateway")
 
 
 @dataclass
 class Mesh:
     env: dict[str, str]
     run_dir: Path
-    ports: dict[str, int]
+    ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -40,8 +36,10 @@ class Mesh:
 
 @contextmanager
 def running_mesh(run_dir: Path, **extra_env: str) -> Iterator[Mesh]:
-    """The whole mesh started by scripts/start.sh; stop.sh runs whatever happened, a failed start included."""
-    ports = {name: free_port() for name in ("gpu", "embedding", "reranking", "classifier", "gateway")}
+    """The whole mesh started by scripts/start.sh; stop.sh runs whatever happened, a failed start included.
+
+    Every service binds port 0 and start.sh reads back the port it got ($RUN_DIR/<service>.port): no races.
+    """
     env = {
         **os.environ,
         "TORCHGATE_RUN_DIR": str(run_dir),
@@ -55,13 +53,14 @@ def running_mesh(run_dir: Path, **extra_env: str) -> Iterator[Mesh]:
         "TORCHGATE_EMBEDDING_DEVICE": "cpu",
         "TORCHGATE_RERANKING_DEVICE": "cpu",
         "TORCHGATE_CLASSIFIER_DEVICE": "cpu",
-        **{f"TORCHGATE_{name.upper()}_PORT": str(port) for name, port in ports.items()},
+        **{f"TORCHGATE_{name.upper()}_PORT": "0" for name in SERVICES},
         **extra_env,
     }
-    mesh = Mesh(env, run_dir, ports)
+    mesh = Mesh(env, run_dir)
     try:
         started = mesh.script("start.sh")
         assert started.returncode == 0, started.stdout + started.stderr
+        mesh.ports = {name: int((run_dir / f"{name}.port").read_text()) for name in SERVICES}
         yield mesh
     finally:
         mesh.script("stop.sh", timeout=60)

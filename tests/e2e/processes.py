@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -13,18 +14,33 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from tests.e2e.conftest import ROOT, free_port
+from tests.e2e.conftest import ROOT
 from torchgate.health_probe import check
 
 
 class Service:
-    """One process of ours, logging to a file, that a test can kill, pause and resume."""
+    """One process of ours, logging to a file, that a test can kill, pause and resume.
 
-    def __init__(self, module: str, env: dict[str, str], log: Path):
+    It binds the port its env names (0: a free one) and writes the port it got to `port_file`.
+    """
+
+    def __init__(self, module: str, env: dict[str, str], log: Path, port_file: Path):
         self.log = log
+        self.port_file = port_file
+        port_file.unlink(missing_ok=True)
         # Its own process group, so stop() takes down anything it started too.
         self.process = subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env={**os.environ, **env},
                                         stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def bound_port(self, timeout: float = 60) -> int:
+        """The port the service announced; fails (and stops it) if it exits or never binds."""
+        give_up = time.monotonic() + timeout
+        while not self.port_file.exists():
+            if time.monotonic() > give_up or self.process.poll() is not None:
+                self.stop()
+                raise AssertionError(f"{self.log.stem} never bound its port; see {self.log}")
+            time.sleep(0.05)
+        return int(self.port_file.read_text())
 
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)
@@ -40,12 +56,19 @@ class Service:
             self.process.wait(10)
 
 
-def start_embedding_worker(port: int, log_dir: Path, **settings: str) -> Service:
-    env = {"TORCHGATE_EMBEDDING_PORT": str(port), "TORCHGATE_EMBEDDING_METRICS_PORT": "0",
-           "TORCHGATE_LOG_FORMAT": "text", "TORCHGATE_EMBEDDING_GRACE_PERIOD_S": "10",
-           "TORCHGATE_EMBEDDING_DEVICE": "cpu",
+def start_embedding_worker(log_dir: Path, port: int = 0, **settings: str) -> tuple[Service, int]:
+    """An embedding worker on `port` (0: a free one), and the port it bound."""
+    name = f"embedding-{port or next(_unnamed)}"
+    port_file = log_dir / f"{name}.port"
+    env = {"TORCHGATE_EMBEDDING_PORT": str(port), "TORCHGATE_EMBEDDING_PORT_FILE": str(port_file),
+           "TORCHGATE_EMBEDDING_METRICS_PORT": "0", "TORCHGATE_LOG_FORMAT": "text",
+           "TORCHGATE_EMBEDDING_GRACE_PERIOD_S": "10", "TORCHGATE_EMBEDDING_DEVICE": "cpu",
            **{f"TORCHGATE_EMBEDDING_{k.upper()}": v for k, v in settings.items()}}
-    return Service("services.embedding", env, log_dir / f"embedding-{port}.log")
+    service = Service("services.embedding", env, log_dir / f"{name}.log", port_file)
+    return service, service.bound_port()
+
+
+_unnamed = itertools.count(1)
 
 
 def wait_serving(*ports: int, timeout: float = 180) -> None:
@@ -58,12 +81,13 @@ def wait_serving(*ports: int, timeout: float = 180) -> None:
 
 def start_gateway(ports: list[int], log_dir: Path, env: dict[str, str] | None = None,
                   **upstream: str) -> tuple[Service, str]:
-    port = free_port()
-    env = {"TORCHGATE_GATEWAY_PORT": str(port), "TORCHGATE_LOG_FORMAT": "text",
+    port_file = log_dir / "gateway.port"
+    env = {"TORCHGATE_GATEWAY_PORT": "0", "TORCHGATE_GATEWAY_PORT_FILE": str(port_file),
+           "TORCHGATE_LOG_FORMAT": "text",
            "TORCHGATE_GATEWAY_EMBEDDING__ADDRESSES": ",".join(f"127.0.0.1:{p}" for p in ports),
            **{f"TORCHGATE_GATEWAY_EMBEDDING__{k.upper()}": v for k, v in upstream.items()}, **(env or {})}
-    service = Service("gateway", env, log_dir / "gateway.log")
-    url = f"http://127.0.0.1:{port}"
+    service = Service("gateway", env, log_dir / "gateway.log", port_file)
+    url = f"http://127.0.0.1:{service.bound_port()}"
     give_up = time.monotonic() + 60
     while True:
         try:

@@ -11,8 +11,9 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.e2e.conftest import free_port, running_mesh
+from tests.e2e.conftest import running_mesh
 from tests.e2e.processes import start_gateway
+from tests.network import refusing_port, worker_channel
 from torchgate.v1 import (
     classifier_pb2,
     classifier_pb2_grpc,
@@ -31,12 +32,20 @@ CLIENT_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grp
                 grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
+def metrics_port() -> int:
+    """A port for the reranker's Prometheus server, which has no port-0 mode (0 switches it off): the one
+    port in the suite picked by bind-and-release."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
-    metrics_port = free_port()
+    scrape_port = metrics_port()
     with running_mesh(tmp_path_factory.mktemp("hostile") / "run",
-                      TORCHGATE_RERANKING_METRICS_PORT=str(metrics_port)) as running:
-        running.ports["reranking_metrics"] = metrics_port
+                      TORCHGATE_RERANKING_METRICS_PORT=str(scrape_port)) as running:
+        running.ports["reranking_metrics"] = scrape_port
         yield running
 
 
@@ -146,10 +155,10 @@ def invalid_utf8_embed_request() -> bytes:
 
 async def test_direct_grpc_callers_get_client_codes_with_bounded_messages(mesh):
     ports = mesh.ports
-    async with (grpc.aio.insecure_channel(f"127.0.0.1:{ports['embedding']}") as embedding,
-                grpc.aio.insecure_channel(f"127.0.0.1:{ports['reranking']}") as reranking,
-                grpc.aio.insecure_channel(f"127.0.0.1:{ports['classifier']}") as classifier,
-                grpc.aio.insecure_channel(f"127.0.0.1:{ports['gpu']}") as gpu):
+    async with (worker_channel(ports["embedding"]) as embedding,
+                worker_channel(ports["reranking"]) as reranking,
+                worker_channel(ports["classifier"]) as classifier,
+                worker_channel(ports["gpu"]) as gpu):
         embed = embedding_pb2_grpc.EmbeddingServiceStub(embedding).Embed
         rerank = reranking_pb2_grpc.RerankingServiceStub(reranking).Rerank
         classify = classifier_pb2_grpc.ClassifierServiceStub(classifier).Classify
@@ -232,7 +241,7 @@ async def test_pathological_classify_texts_never_stall_the_classifiers_health(me
     texts = ["." * 8191 + "x"] * 100
     latencies = []
     async with (httpx.AsyncClient(base_url=mesh.url, timeout=120) as client,
-                grpc.aio.insecure_channel(f"127.0.0.1:{mesh.ports['classifier']}") as channel):
+                worker_channel(mesh.ports["classifier"]) as channel):
         health = health_pb2_grpc.HealthStub(channel)
         load = asyncio.gather(*(client.post("/v1/classify", json={"texts": texts}) for _ in range(3)))
         while not load.done():
@@ -278,7 +287,7 @@ def test_a_30_mb_chunked_body_is_a_413_and_memory_stays_bounded(mesh):
 
 
 def test_api_keys_are_checked_before_the_body_is_read(tmp_path):
-    gateway, url = start_gateway([free_port()], tmp_path, env={"TORCHGATE_GATEWAY_API_KEYS": "secret"})
+    gateway, url = start_gateway([refusing_port()], tmp_path, env={"TORCHGATE_GATEWAY_API_KEYS": "secret"})
     try:
         with httpx.Client(base_url=url, timeout=30) as client:
             before = rss_mb(gateway.process.pid)

@@ -1,13 +1,17 @@
 import base64
+import contextlib
 import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 from openai import OpenAI
 
+from tests.e2e.conftest import running_mesh
 from tests.integration.conftest import grpcurl
 
 
@@ -74,3 +78,23 @@ def test_the_mesh_serves_survives_a_dead_worker_and_stops_cleanly(mesh):
     assert not list(mesh.run_dir.glob("*.pid"))
     assert subprocess.run(["kill", "-0", str(gateway_pid)], capture_output=True).returncode != 0
     assert mesh.script("stop.sh").returncode == 0
+
+
+def processes_started_for(run_dir: Path) -> list[int]:
+    """Live processes whose environment names this run directory: whatever start.sh launched for it."""
+    marker = f"TORCHGATE_RUN_DIR={run_dir}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        with contextlib.suppress(OSError):
+            if marker in environ.read_bytes().split(b"\0") and int(environ.parent.name) != os.getpid():
+                found.append(int(environ.parent.name))
+    return found
+
+
+def test_a_failed_start_leaves_no_process_behind(tmp_path):
+    run_dir = tmp_path / "run"
+    with pytest.raises(AssertionError, match="classifier exited during start-up"):
+        with running_mesh(run_dir, TORCHGATE_CLASSIFIER_MODEL=str(tmp_path / "no-such-model")) as mesh:
+            pytest.fail(f"the mesh started without a classifier model: {mesh.ports}")
+    assert (run_dir / "embedding.log").exists(), "the workers before the classifier were started"
+    assert processes_started_for(run_dir) == []

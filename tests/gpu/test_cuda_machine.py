@@ -1,8 +1,9 @@
 """Run on a machine with CUDA (the lent GPU machine): real device names, memory figures and fp16 embeddings."""
 
-import grpc
 import numpy as np
 import pytest
+
+from tests.network import worker_channel
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -18,7 +19,7 @@ async def test_the_gpu_worker_reads_real_devices_and_grants_leases():
     worker = Worker(build(settings), settings)
     await worker.start()
     await worker.wait_serving()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{worker.port}") as channel:
+    async with worker_channel(worker.port) as channel:
         stub = gpu_pb2_grpc.GpuServiceStub(channel)
         status = await stub.GetStatus(gpu_pb2.GetStatusRequest())
         print("\n", status)

@@ -5,12 +5,12 @@ import shutil
 import sys
 from pathlib import Path
 
-import grpc
 import pytest
 
 from services.embedding.servicer import build as build_embedding
 from services.embedding.settings import EmbeddingSettings
 from services.runtime.worker import Worker
+from tests.network import worker_channel
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # CPU expectations (device, dtype, fp32 tolerances) must hold on a GPU machine too; tests/gpu covers CUDA.
@@ -48,7 +48,7 @@ async def embedding_worker():
 
 @pytest.fixture
 async def embedding_channel(embedding_worker):
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{embedding_worker.port}") as channel:
+    async with worker_channel(embedding_worker.port) as channel:
         yield channel
 
 

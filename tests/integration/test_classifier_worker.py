@@ -1,13 +1,13 @@
 import asyncio
 import json
 
-import grpc
 import numpy as np
 import pytest
 
 from services.classifier.servicer import build
 from services.classifier.settings import ClassifierSettings
 from services.runtime.worker import Worker
+from tests.network import worker_channel
 from torchgate.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
 
 
@@ -20,7 +20,7 @@ async def serve(**fields) -> Worker:
 
 
 async def classify(worker: Worker, texts: list[str], top_k: int = 0) -> classifier_pb2.ClassifyResponse:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{worker.port}") as channel:
+    async with worker_channel(worker.port) as channel:
         stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
         return await stub.Classify(classifier_pb2.ClassifyRequest(texts=texts, top_k=top_k))
 
@@ -49,7 +49,7 @@ async def test_probabilities_over_all_intents_sum_to_one(default_classifier):
 
 
 async def test_list_intents_reports_the_example_file(default_classifier):
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{default_classifier.port}") as channel:
+    async with worker_channel(default_classifier.port) as channel:
         stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
         intents = await stub.ListIntents(classifier_pb2.ListIntentsRequest())
         info = await stub.Info(common_pb2.InfoRequest())

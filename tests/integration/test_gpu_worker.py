@@ -9,6 +9,7 @@ from services.gpu.servicer import build
 from services.gpu.settings import GpuSettings
 from services.runtime.worker import Worker
 from tests.conftest import cpu_machine_only
+from tests.network import worker_channel
 from torchgate.v1 import gpu_pb2, gpu_pb2_grpc
 
 torch = pytest.importorskip("torch")
@@ -22,7 +23,7 @@ async def gpu_stub():
     worker = Worker(build(settings), settings)
     await worker.start()
     await worker.wait_serving()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{worker.port}") as channel:
+    async with worker_channel(worker.port) as channel:
         yield gpu_pb2_grpc.GpuServiceStub(channel)
     await worker.stop(0)
 

@@ -10,6 +10,7 @@ from services.reranking.settings import RerankingSettings
 from services.runtime.errors import ModelNotFound
 from services.runtime.worker import Worker
 from tests.integration.conftest import grpcurl
+from tests.network import worker_channel
 from torchgate.v1 import common_pb2, reranking_pb2, reranking_pb2_grpc
 
 DOCUMENTS = [
@@ -37,7 +38,7 @@ async def cross_encoder_worker(tiny_cross_encoder):
 
 
 def stub_for(worker):
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{worker.port}")
+    channel = worker_channel(worker.port)
     return channel, reranking_pb2_grpc.RerankingServiceStub(channel)
 
 

@@ -132,3 +132,71 @@ async def test_close_drains_queued_work_then_refuses_new_requests():
     assert all(task.done() and not task.exception() for task in pending)
     with pytest.raises(Unavailable):
         await batcher.submit(["after close"])
+
+
+class PackingFakeAdapter(FakeAdapter):
+    packs_sequences = True
+
+
+async def held_batches(adapter, texts: list[str], **limits) -> list[list[str]]:
+    """The batches formed when `texts` all wait behind a busy device, as single-text requests."""
+    batcher = await started(adapter, **limits)
+    adapter.gate.clear()
+    blocker = asyncio.create_task(batcher.submit(["occupies the device"]))
+    await asyncio.sleep(0.05)
+    queued = [asyncio.create_task(batcher.submit([text])) for text in texts]
+    await asyncio.sleep(0.05)
+    adapter.gate.set()
+    await asyncio.wait_for(asyncio.gather(blocker, *queued), 5)
+    await batcher.close(1)
+    return [batch for batch in adapter.forwarded if batch != ["occupies the device"]]
+
+
+async def test_an_item_waits_up_to_max_wait_for_company():
+    adapter = FakeAdapter()
+    batcher = await started(adapter, max_batch_size=8, max_wait_ms=400)
+    first = asyncio.create_task(batcher.submit(["early"]))
+    await asyncio.sleep(0.1)
+    second = asyncio.create_task(batcher.submit(["late"]))
+    await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert adapter.forwarded == [["early", "late"]]
+    await batcher.close(1)
+
+
+async def test_without_max_wait_an_item_runs_as_soon_as_the_device_is_free():
+    adapter = FakeAdapter()
+    batcher = await started(adapter, max_batch_size=8, max_wait_ms=0)
+    await batcher.submit(["early"])
+    await batcher.submit(["late"])
+    assert adapter.forwarded == [["early"], ["late"]]
+    await batcher.close(1)
+
+
+async def test_a_full_batch_does_not_wait_for_max_wait():
+    adapter = FakeAdapter()
+    batcher = await started(adapter, max_batch_size=2, max_wait_ms=60_000)
+    await asyncio.wait_for(asyncio.gather(batcher.submit(["one"]), batcher.submit(["two"])), 5)
+    assert adapter.forwarded == [["one", "two"]]
+    await batcher.close(1)
+
+
+async def test_packed_batches_are_budgeted_by_summed_not_padded_tokens():
+    texts = [("w " * n).strip() for n in (2, 3, 5, 8, 13, 21, 30, 30, 4, 6, 9, 14)]
+    budget = 64
+    packed = await held_batches(PackingFakeAdapter(), texts, max_batch_size=64, max_batch_tokens=budget)
+    estimate = PackingFakeAdapter().estimate_tokens
+    assert sorted(t for batch in packed for t in batch) == sorted(texts)
+    for batch in packed:
+        assert sum(map(estimate, batch)) <= budget or len(batch) == 1
+    assert any(max(map(estimate, batch)) * len(batch) > budget for batch in packed), "padding is not charged"
+    padded = await held_batches(FakeAdapter(), texts, max_batch_size=64, max_batch_tokens=budget)
+    assert all(max(map(estimate, batch)) * len(batch) <= budget or len(batch) == 1 for batch in padded)
+    assert len(padded) > len(packed)
+
+
+async def test_queued_items_are_grouped_with_others_of_similar_length():
+    short, long = "short text", ("long " * 40).strip()
+    texts = [short if i % 2 else long for i in range(16)]
+    batches = await held_batches(FakeAdapter(max_tokens=64), texts, max_batch_size=8, max_batch_tokens=10_000)
+    assert sorted(len(batch) for batch in batches) == [8, 8]
+    assert all(len(set(batch)) == 1 for batch in batches), batches

@@ -5,7 +5,7 @@ import pytest
 
 from services.classifier.complexity import TechniqueTable, complexity
 from services.classifier.examples import load_examples
-from services.classifier.head import calibrate_temperature, train
+from services.classifier.head import Head, calibrate_temperature, softmax, train
 from services.classifier.settings import DATA
 
 
@@ -48,19 +48,71 @@ def test_bad_example_files_are_refused_with_the_fix(tmp_path, content, suffix, m
         load_examples(path)
 
 
-def test_the_head_learns_separable_classes_and_calibrates_a_temperature():
-    rng = np.random.default_rng(0)
-    centres = rng.standard_normal((3, 16)) * 3
-    labels = np.repeat(np.arange(3), 20)
-    points = centres[labels] + rng.standard_normal((60, 16)) * 0.5
-    points /= np.linalg.norm(points, axis=1, keepdims=True)
+def clusters(rng, classes: int, per_class: int, dimension: int, spread: float):
+    centres = rng.standard_normal((classes, dimension)) * 3
+    labels = np.repeat(np.arange(classes), per_class)
+    points = centres[labels] + rng.standard_normal((len(labels), dimension)) * spread
+    return points / np.linalg.norm(points, axis=1, keepdims=True), labels
+
+
+def negative_log_likelihood(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    return float(-np.log(probabilities[np.arange(len(labels)), labels]).mean())
+
+
+def test_the_head_learns_separable_classes():
+    points, labels = clusters(np.random.default_rng(0), classes=3, per_class=20, dimension=16, spread=0.5)
     head = train(points, labels, 3)
     assert head.cv_accuracy == 1.0
     assert (head.probabilities(points).argmax(axis=1) == labels).all()
-    assert 0.05 <= head.temperature <= 20
 
 
-def test_temperature_scaling_prefers_softer_logits_when_they_are_overconfident():
-    logits = np.array([[10.0, 0.0], [10.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
-    labels = np.array([0, 0, 1, 1])
-    assert calibrate_temperature(logits, labels) > 2
+def test_probabilities_are_the_softmax_of_the_logits_divided_by_the_temperature():
+    rng = np.random.default_rng(4)
+    weights, bias, points = rng.standard_normal((8, 3)), rng.standard_normal(3), rng.standard_normal((5, 8))
+    logits = points @ weights + bias
+    for temperature in (0.5, 1.0, 3.0):
+        head = Head(weights, bias, temperature, cv_accuracy=1.0)
+        scaled = np.exp(logits / temperature)
+        np.testing.assert_allclose(head.probabilities(points), scaled / scaled.sum(axis=1, keepdims=True), rtol=1e-12)
+
+
+def test_calibration_recovers_the_temperature_that_generated_the_labels():
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal((6000, 4)) * 4
+    for true_temperature in (0.5, 2.0, 6.0):
+        probabilities = softmax(logits / true_temperature)
+        labels = np.array([rng.choice(4, p=row) for row in probabilities])
+        assert calibrate_temperature(logits, labels) == pytest.approx(true_temperature, rel=0.15)
+
+
+def test_the_calibrated_temperature_minimizes_the_held_out_likelihood():
+    rng = np.random.default_rng(6)
+    logits = rng.standard_normal((300, 3)) * 5
+    labels = np.array([rng.choice(3, p=row) for row in softmax(logits / 7)])
+    best = calibrate_temperature(logits, labels)
+    at_best = negative_log_likelihood(softmax(logits / best), labels)
+    for other in (best * 0.8, best * 1.25, 1.0):
+        assert at_best <= negative_log_likelihood(softmax(logits / other), labels)
+
+
+def test_accuracy_and_temperature_come_from_out_of_fold_logits():
+    """Labels unrelated to the points: a head fits them in-sample but cannot predict held-out examples,
+    so the honest accuracy is near chance and the temperature flattens the probabilities."""
+    rng = np.random.default_rng(7)
+    points = rng.standard_normal((60, 64))
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(3), 20)
+    rng.shuffle(labels)
+    head = train(points, labels, 3)
+    in_sample = Head(head.weights, head.bias, 1.0, head.cv_accuracy).probabilities(points)
+    assert (in_sample.argmax(axis=1) == labels).mean() > 0.9, "the head memorizes its training set"
+    assert head.cv_accuracy < 0.6
+    assert head.temperature > 3
+    assert head.probabilities(points).max(axis=1).mean() < 0.5
+
+
+def test_a_separable_set_keeps_sharp_probabilities_after_calibration():
+    """Confident where the folds agree: a separable set gets a temperature that keeps probabilities sharp."""
+    points, labels = clusters(np.random.default_rng(8), classes=4, per_class=15, dimension=32, spread=0.3)
+    head = train(points, labels, 4)
+    assert head.probabilities(points).max(axis=1).min() > 0.5

@@ -1,7 +1,6 @@
 """A real worker runtime and servicer over the fake adapter, and the gateway app in front of it."""
 
 import asyncio
-import socket
 from contextlib import asynccontextmanager
 
 import httpx
@@ -17,6 +16,7 @@ from services.reranking.servicer import RerankingServicer
 from services.reranking.settings import RerankingSettings
 from services.runtime.worker import Worker
 from tests.fakes import FakeAdapter, FakeIntentAdapter, FakePairAdapter
+from tests.network import refusing_port
 
 
 @asynccontextmanager
@@ -53,10 +53,8 @@ async def fake_classifier_worker():
 
 
 def unused_address() -> str:
-    """A loopback address nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
+    """A loopback address that refuses connections: a dead upstream."""
+    return f"127.0.0.1:{refusing_port()}"
 
 
 @asynccontextmanager

@@ -1,6 +1,7 @@
 import base64
 
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes import FAIL_TEXT, vector_for
 from tests.unit.gateway.conftest import gateway_client, unused_address
@@ -68,8 +69,21 @@ async def test_a_dead_upstream_is_a_fast_503_with_retry_after():
     assert ready.status_code == 503 and ready.json()["upstreams"]["embedding"]["status"] == "UNREACHABLE"
 
 
+def requests_counted(metrics_text: str, route: str, status: str) -> float:
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if (sample.name == "torchgate_gateway_requests_total"
+                    and sample.labels == {"route": route, "status": status}):
+                return sample.value
+    return 0.0
+
+
 async def test_readiness_and_models_report_the_serving_worker(fake_embedding_worker):
     async with gateway_client(f"127.0.0.1:{fake_embedding_worker.port}") as client:
+        before = (await client.get("/metrics")).text
+        for _ in range(3):
+            await client.post("/v1/embeddings", json={"input": "counted"})
+        await client.post("/v1/embeddings", json={"input": ""})
         ready = await client.get("/health/ready")
         models = await client.get("/v1/models")
         live = await client.get("/health/live")
@@ -81,7 +95,9 @@ async def test_readiness_and_models_report_the_serving_worker(fake_embedding_wor
     [model] = models.json()["data"]
     assert model["id"] == "test/fake-model" and model["dimension"] == 8 and model["task"] == "embedding"
     assert live.status_code == 200
-    assert "torchgate_gateway_requests_total" in metrics.text
+    counted = {status: requests_counted(metrics.text, "/v1/embeddings", status)
+               - requests_counted(before, "/v1/embeddings", status) for status in ("200", "422")}
+    assert counted == {"200": 3, "422": 1}
 
 
 async def test_api_keys_guard_the_api_but_not_health(fake_embedding_worker):

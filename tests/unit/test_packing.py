@@ -1,0 +1,131 @@
+"""Sequence packing gives each input exactly what it gets when run alone, at fp32 tolerance."""
+
+import numpy as np
+import pytest
+
+from services.runtime.packing import first_token_states, mean_pool, pack, plan_rows
+
+torch = pytest.importorskip("torch")
+
+FP32_TOLERANCE = 1e-5
+
+
+def random_inputs(rng, count: int, longest: int, vocab: int = 1000) -> list[list[int]]:
+    return [rng.integers(1, vocab, size=int(rng.integers(1, longest + 1))).tolist() for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def tiny_bert():
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, type_vocab_size=2)
+    return BertModel(config, add_pooling_layer=False).eval()
+
+
+def alone(model, ids: list[int], types: list[int] | None = None):
+    """The model's last hidden state for one input, unpadded: (length, dim)."""
+    with torch.inference_mode():
+        return model(input_ids=torch.tensor([ids]),
+                     token_type_ids=torch.tensor([types]) if types is not None else None).last_hidden_state[0]
+
+
+def run_packed(model, batch):
+    with torch.inference_mode():
+        return model(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                     attention_mask=batch.attention_mask, token_type_ids=batch.token_type_ids).last_hidden_state
+
+
+def test_rows_hold_every_input_once_within_the_row_length():
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        lengths = rng.integers(1, 60, size=int(rng.integers(1, 40))).tolist()
+        rows = plan_rows(lengths, 64)
+        assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+        assert all(sum(lengths[i] for i in row) <= 64 for row in rows)
+
+
+def test_rows_are_first_fit_decreasing():
+    # Decreasing: 5 opens row 0, 4 does not fit beside it and opens row 1, 3 fills row 0, 2 joins row 1.
+    assert plan_rows([5, 3, 4, 2], 8) == [[0, 1], [2, 3]]
+    # Longest first: 6 opens row 0 whatever its position in the input; 2 fills the first row with room.
+    assert plan_rows([5, 6, 2], 8) == [[1, 2], [0]]
+
+
+def test_an_input_longer_than_a_row_gets_a_row_of_its_own():
+    rows = plan_rows([3, 20, 2], 8)
+    assert [1] in rows
+    assert sorted(i for row in rows for i in row) == [0, 1, 2]
+
+
+def test_the_mask_lets_each_token_see_exactly_its_own_input():
+    ids = [[11, 12, 13], [21, 22], [31, 32, 33, 34]]
+    batch = pack(ids, row_length=8)
+    mask = batch.attention_mask[:, 0].numpy()
+    owner = np.full(batch.input_ids.shape, -1)
+    owner.reshape(-1)[batch.token_index.numpy()] = batch.token_owner.numpy()
+    for r in range(mask.shape[0]):
+        for i in range(mask.shape[1]):
+            for j in range(mask.shape[2]):
+                if owner[r, i] >= 0:
+                    assert mask[r, i, j] == (owner[r, i] == owner[r, j]), (r, i, j)
+                else:
+                    assert mask[r, i, j] == (i == j), "padding attends to itself only"
+
+
+def test_packed_rows_carry_ids_restarted_positions_segments_and_first_tokens():
+    ids = [[11, 12, 13], [21, 22], [31, 32, 33, 34, 35, 36]]
+    types = [[0, 0, 1], [0, 1], [0, 0, 0, 1, 1, 1]]
+    batch = pack(ids, row_length=8, pad_id=7, token_type_ids=types)
+    flat_ids = batch.input_ids.reshape(-1).numpy()
+    flat_positions = batch.position_ids.reshape(-1).numpy()
+    flat_types = batch.token_type_ids.reshape(-1).numpy()
+    owners = batch.token_owner.numpy()
+    for index, (input_ids, input_types) in enumerate(zip(ids, types, strict=True)):
+        where = batch.token_index.numpy()[owners == index]
+        assert flat_ids[where].tolist() == input_ids
+        assert flat_types[where].tolist() == input_types
+        assert flat_positions[where].tolist() == list(range(len(input_ids)))
+        assert batch.first_token[index] == where[0]
+    padding = np.setdiff1d(np.arange(flat_ids.size), batch.token_index.numpy())
+    assert (flat_ids[padding] == 7).all()
+    assert batch.lengths == [3, 2, 6]
+    assert batch.input_ids.shape[0] == 2, "three inputs of 11 tokens fit two rows of 8"
+
+
+def test_packed_inputs_match_the_model_run_on_each_alone(tiny_bert):
+    rng = np.random.default_rng(2)
+    ids = random_inputs(rng, 23, 40)
+    types = [rng.integers(0, 2, size=len(row)).tolist() for row in ids]
+    batch = pack(ids, row_length=64, token_type_ids=types)
+    assert batch.input_ids.shape[0] < len(ids), "the inputs share rows"
+    hidden = run_packed(tiny_bert, batch)
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    owners = batch.token_owner
+    for index, (row, row_types) in enumerate(zip(ids, types, strict=True)):
+        expected = alone(tiny_bert, row, row_types)
+        torch.testing.assert_close(flat[batch.token_index[owners == index]], expected,
+                                   atol=FP32_TOLERANCE, rtol=FP32_TOLERANCE)
+
+
+def test_pooling_over_packed_rows_matches_pooling_each_input_alone(tiny_bert):
+    rng = np.random.default_rng(3)
+    ids = random_inputs(rng, 17, 50)
+    batch = pack(ids, row_length=128)
+    hidden = run_packed(tiny_bert, batch)
+    pooled, first = mean_pool(hidden, batch), first_token_states(hidden, batch)
+    assert pooled.shape == first.shape == (len(ids), hidden.shape[-1])
+    for index, row in enumerate(ids):
+        expected = alone(tiny_bert, row)
+        torch.testing.assert_close(pooled[index], expected.mean(dim=0), atol=FP32_TOLERANCE, rtol=FP32_TOLERANCE)
+        torch.testing.assert_close(first[index], expected[0], atol=FP32_TOLERANCE, rtol=FP32_TOLERANCE)
+
+
+def test_device_copies_keep_the_layout():
+    batch = pack([[1, 2], [3]], row_length=4)
+    copied = batch.map_tensors(lambda tensor: tensor.clone())
+    for name in ("input_ids", "token_type_ids", "position_ids", "attention_mask", "token_index", "token_owner",
+                 "first_token"):
+        assert torch.equal(getattr(copied, name), getattr(batch, name)), name
+    assert copied.lengths == batch.lengths
