@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 GATEWAY_VENV := .venv-gateway
 PROTOS := $(wildcard protos/torchgate/v1/*.proto)
 
-.PHONY: install protos check-protos run start stop health test test-gateway-isolated lint bench fuzz clean
+.PHONY: install protos check-protos run start stop health test test-gateway-isolated lint bench fuzz mutate clean
 
 install: $(INSTALLED)
 
@@ -65,5 +65,14 @@ fuzz: $(INSTALLED)
 	$(BIN)/schemathesis run http://127.0.0.1:$${FUZZ_PORT:-8100}/openapi.json --checks all --max-examples 150 \
 	  --generation-deterministic --workers 1 --request-timeout 30 --suppress-health-check all'
 
+# Mutation testing, not part of `make test`: mutmut plants one-line bugs in gateway/ and services/runtime/
+# ([tool.mutmut] in pyproject.toml) and runs the unit tests that cover each; stops after MUTATE_MINUTES and scores
+# the mutants it judged. `.venv/bin/mutmut results` lists the survivors, `mutmut show NAME` shows one.
+mutate: $(INSTALLED)
+	rm -rf mutants
+	timeout $$(( $${MUTATE_MINUTES:-60} * 60 )) $(BIN)/mutmut run --max-children $$(nproc) >/dev/null || true
+	$(BIN)/mutmut export-cicd-stats >/dev/null
+	$(BIN)/python -m tests.mutation_score mutants/mutmut-cicd-stats.json
+
 clean:
-	rm -rf $(VENV) $(GATEWAY_VENV) .run
+	rm -rf $(VENV) $(GATEWAY_VENV) .run mutants

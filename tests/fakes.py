@@ -64,6 +64,7 @@ class FakePairAdapter(FakeAdapter):
         return Prepared(list(pairs), [self.estimate_tokens(pair) for pair in pairs])
 
     def forward(self, prepared: Prepared) -> list[tuple[float, float]]:
+        self.gate.wait(10)
         return [overlap_score(query, document) for query, document in prepared.features]
 
     def postprocess(self, prepared: Prepared, output: list) -> list:
@@ -91,6 +92,7 @@ class FakeIntentAdapter(FakeAdapter):
         return [(name, f"texts with {keyword!r}", 1) for name, keyword in INTENT_KEYWORDS.items()]
 
     def forward(self, prepared: Prepared) -> np.ndarray:
+        self.gate.wait(10)
         scores = np.array([[3.0 if keyword in text else 0.0 for keyword in INTENT_KEYWORDS.values()]
                            for text in prepared.features]) + 0.1
         return scores / scores.sum(axis=1, keepdims=True)

@@ -200,3 +200,22 @@ async def test_queued_items_are_grouped_with_others_of_similar_length():
     batches = await held_batches(FakeAdapter(max_tokens=64), texts, max_batch_size=8, max_batch_tokens=10_000)
     assert sorted(len(batch) for batch in batches) == [8, 8]
     assert all(len(set(batch)) == 1 for batch in batches), batches
+
+
+async def test_each_outcome_reports_its_queue_wait_and_inference_time():
+    adapter = FakeAdapter()
+    batcher = await started(adapter, max_batch_size=1)
+    adapter.gate.clear()
+    began = time.monotonic()
+    blocker = asyncio.create_task(batcher.submit(["occupies the device"]))
+    await asyncio.sleep(0.05)
+    queued = asyncio.create_task(batcher.submit(["waits its turn"]))
+    await asyncio.sleep(0.2)
+    adapter.gate.set()
+    first, second = await asyncio.gather(blocker, queued)
+    elapsed_ms = (time.monotonic() - began) * 1000
+    assert first.queue_ms < 50 and second.queue_ms >= 150, (first.queue_ms, second.queue_ms)
+    assert first.inference_ms >= 150, "the first batch held the device while the gate was closed"
+    assert 0 < second.inference_ms < first.inference_ms
+    assert second.queue_ms + second.inference_ms <= elapsed_ms
+    await batcher.close(1)

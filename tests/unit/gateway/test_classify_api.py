@@ -28,6 +28,25 @@ async def test_text_and_texts_together_or_neither_is_a_422(client):
     assert "exactly one of `text` or `texts`" in both.json()["error"]["message"]
 
 
+async def test_the_better_prompts_shape_carries_the_same_classification(client):
+    texts = ["hello there", "is it going to rain tomorrow?"]
+    native = (await client.post("/v1/classify", json={"texts": texts})).json()
+    single = (await client.post("/api/v1/intents/classify", json={"text": texts[0]})).json()
+    batch = (await client.post("/api/v1/intents/classify/batch", json={"texts": texts})).json()
+    expected = [{
+        "intent": result["intent"], "confidence": result["confidence"],
+        "complexity": result["complexity"]["level"], "suggested_techniques": result["suggested_techniques"],
+        "metadata": {"complexity_score": result["complexity"]["score"], "top_intents": result["top"],
+                     "model": native["model"], "tokens": native["usage"]["total_tokens"]},
+    } for result in native["results"]]
+    assert batch == {"results": expected}
+    assert single | {"metadata": single["metadata"] | {"tokens": 0}} == expected[0] | {
+        "metadata": expected[0]["metadata"] | {"tokens": 0}}
+    assert 0 < single["metadata"]["tokens"] < native["usage"]["total_tokens"]
+    assert all(set(top) == {"intent", "score"} for result in native["results"] for top in result["top"])
+    assert all(result["complexity"]["score"] > 0 for result in native["results"])
+
+
 async def test_better_prompts_compatible_routes(client):
     single = await client.post("/api/v1/intents/classify", json={"text": "hello"})
     batch = await client.post("/api/v1/intents/classify/batch", json={"texts": ["hello", "bye"]})

@@ -21,9 +21,13 @@ async def test_float_and_base64_encodings_carry_the_same_normalized_vectors(fake
     body = as_float.json()
     assert body["object"] == "list" and body["model"] == "test/fake-model"
     assert body["usage"] == {"prompt_tokens": 3 + 4, "total_tokens": 3 + 4}
-    for item, text in zip(body["data"], ["alpha", "beta gamma"], strict=True):
+    for index, (item, text) in enumerate(zip(body["data"], ["alpha", "beta gamma"], strict=True)):
+        assert item.keys() == {"object", "index", "embedding"}
+        assert (item["object"], item["index"]) == ("embedding", index)
         np.testing.assert_allclose(item["embedding"], normalized(text), rtol=1e-6)
-    for item, text in zip(as_base64.json()["data"], ["alpha", "beta gamma"], strict=True):
+    for index, (item, text) in enumerate(zip(as_base64.json()["data"], ["alpha", "beta gamma"], strict=True)):
+        assert item.keys() == {"object", "index", "embedding"}
+        assert (item["object"], item["index"]) == ("embedding", index)
         decoded = np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4")
         np.testing.assert_allclose(decoded, normalized(text), rtol=1e-6)
 
