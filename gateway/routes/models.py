@@ -26,6 +26,7 @@ async def list_models(request: Request):
         {
             "id": info.model_id, "object": "model", "created": 0, "owned_by": "torchgate",
             "task": MODEL_TASKS[name], "device": info.device, "dtype": info.dtype,
+            "dtype_reason": info.dtype_reason or None,
             "max_input_tokens": info.max_input_tokens, "dimension": info.dimension or None,
             "labels": list(info.labels) or None, "fallback": info.fallback_reason or None,
         }

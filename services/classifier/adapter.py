@@ -9,6 +9,7 @@ from services.classifier.examples import load_examples
 from services.classifier.head import softmax, train
 from services.embedding.adapter import EmbeddingAdapter
 from services.runtime.adapter import ModelAdapter, ModelDescription, Prepared, SpecAdapter
+from services.runtime.precision import SELF_CHECK_TEXTS, score_agreement
 from services.runtime.sequence_classification import SequenceClassification
 
 log = logging.getLogger(__name__)
@@ -68,19 +69,20 @@ class CheckpointAdapter(SpecAdapter):
     def load(self) -> ModelDescription:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        path, device, dtype = self.locate()
+        path, device, precision = self.locate()
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         model = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True)
-        model = model.to(device=device, dtype=dtype).eval()
+        model = model.to(device=device, dtype=precision.weights).eval()
         config = model.config
         self.labels = [config.id2label[i] for i in range(config.num_labels)]
         self.max_tokens = min(tokenizer.model_max_length, getattr(config, "max_position_embeddings", 512))
         self.classification = SequenceClassification(model, tokenizer, self.max_tokens, device,
-                                                     self.spec.pack_length)
+                                                     self.spec.pack_length, precision)
         self.packs_sequences = self.classification.packs_sequences
+        self.settle_precision(lambda: self.forward(self.preprocess(SELF_CHECK_TEXTS)), score_agreement)
         return ModelDescription(model_id=self.model_id, model_path=str(path), device=device,
-                                dtype=str(dtype).removeprefix("torch."), max_input_tokens=self.max_tokens,
-                                labels=list(self.labels))
+                                dtype=self.precision.name, dtype_reason=self.precision.reason,
+                                max_input_tokens=self.max_tokens, labels=list(self.labels))
 
     def intents(self) -> list[tuple[str, str, int]]:
         return [(label, "", 0) for label in self.labels]

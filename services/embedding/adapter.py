@@ -6,6 +6,7 @@ import numpy as np
 
 from services.runtime.adapter import ModelDescription, Prepared, SpecAdapter
 from services.runtime.packing import PackedBatch, mean_pool, pack
+from services.runtime.precision import SELF_CHECK_TEXTS, cosine_agreement
 
 log = logging.getLogger(__name__)
 
@@ -24,20 +25,21 @@ class EmbeddingAdapter(SpecAdapter):
         import torch
         from sentence_transformers import SentenceTransformer
 
-        path, self.device, self.dtype = self.locate()
+        path, self.device, precision = self.locate()
         self.model = SentenceTransformer(str(path), device=self.device, local_files_only=True)
-        self.model.to(self.dtype).eval()
+        self.model.to(precision.weights).eval()
         self.max_tokens = self.model.max_seq_length
         self.dimension = self.model.get_embedding_dimension()
         self.tokenizer = self.model.tokenizer
         self.packs_sequences = self._packable()
         self.normalizes = any(type(module).__name__ == "Normalize" for module in self.model)
         self._pin = self.device.startswith("cuda") and torch.cuda.is_available()
-        log.info("embedding model loaded", extra={"model": self.model_id, "packed_batches": self.packs_sequences})
+        self.settle_precision(lambda: self.forward(self.preprocess(SELF_CHECK_TEXTS)), cosine_agreement)
+        log.info("embedding model loaded", extra={"model": self.model_id, "packed_batches": self.packs_sequences,
+                                                  "dtype": self.precision.name, "dtype_reason": self.precision.reason})
         return ModelDescription(
-            model_id=self.model_id, model_path=str(path), device=self.device,
-            dtype=str(self.dtype).removeprefix("torch."), max_input_tokens=self.max_tokens,
-            dimension=self.dimension,
+            model_id=self.model_id, model_path=str(path), device=self.device, dtype=self.precision.name,
+            dtype_reason=self.precision.reason, max_input_tokens=self.max_tokens, dimension=self.dimension,
         )
 
     def _packable(self) -> bool:
@@ -77,7 +79,7 @@ class EmbeddingAdapter(SpecAdapter):
     def forward(self, prepared: Prepared) -> np.ndarray:
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), self.precision.context():
             if self.packs_sequences:
                 batch: PackedBatch = prepared.features.map_tensors(
                     lambda tensor: tensor.to(self.device, non_blocking=True))

@@ -6,6 +6,7 @@ import numpy as np
 
 from services.embedding.adapter import EmbeddingAdapter
 from services.runtime.adapter import ModelAdapter, ModelDescription, Prepared, SpecAdapter
+from services.runtime.precision import SELF_CHECK_TEXTS, score_agreement
 from services.runtime.sequence_classification import SequenceClassification
 
 log = logging.getLogger(__name__)
@@ -26,18 +27,26 @@ class CrossEncoderAdapter(SpecAdapter):
         import torch
         from sentence_transformers import CrossEncoder
 
-        path, device, dtype = self.locate()
+        path, device, precision = self.locate()
         encoder = CrossEncoder(str(path), device=device, local_files_only=True)
         if encoder.num_labels != 1:
             raise ValueError(f"{self.model_id} has {encoder.num_labels} labels; a reranker needs exactly 1")
-        model = encoder.transformers_model.to(dtype).eval()
+        model = encoder.transformers_model.to(precision.weights).eval()
         self.classification = SequenceClassification(model, encoder.tokenizer, encoder.max_length, device,
-                                                     self.spec.pack_length)
+                                                     self.spec.pack_length, precision)
         self.packs_sequences = self.classification.packs_sequences
         self.max_tokens = encoder.max_length
         self.activation = encoder.activation_fn or torch.nn.Identity()
+        self.settle_precision(self._sample_relevance, score_agreement)
         return ModelDescription(model_id=self.model_id, model_path=str(path), device=device,
-                                dtype=str(dtype).removeprefix("torch."), max_input_tokens=self.max_tokens)
+                                dtype=self.precision.name, dtype_reason=self.precision.reason,
+                                max_input_tokens=self.max_tokens)
+
+    def _sample_relevance(self) -> np.ndarray:
+        """Relevance in [0, 1] (sigmoid of the logit, whatever the model's own activation) of fixed pairs."""
+        query = SELF_CHECK_TEXTS[0]
+        logits = self.forward(self.preprocess([(query, document) for document in SELF_CHECK_TEXTS]))[:, 1]
+        return 1 / (1 + np.exp(-logits))
 
     def warmup(self) -> None:
         for length in (8, 64, self.max_tokens):

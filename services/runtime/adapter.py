@@ -1,12 +1,16 @@
 """The one extension point of a model worker."""
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from services.runtime.device import place
 from services.runtime.models import resolve_model
+from services.runtime.precision import Precision, settle
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class ModelDescription:
     dimension: int = 0
     labels: list[str] = field(default_factory=list)
     fallback_reason: str = ""
+    dtype_reason: str = ""
 
 
 class ModelAdapter(ABC):
@@ -112,8 +117,17 @@ class SpecAdapter(ModelAdapter):
         self.spec = spec
         self.model_id = spec.model_id
 
-    def locate(self) -> tuple[Path, str, Any]:
-        """The weights' local directory (never a download), the device and the torch dtype to load them with."""
+    def locate(self) -> tuple[Path, str, Precision]:
+        """The weights' local directory (never a download), the device, and the precision to load and run in.
+
+        The adapter loads the weights in `self.precision.weights`, wraps every forward pass in
+        `self.precision.context()`, and calls `self.settle_precision(...)` once loaded.
+        """
         path = resolve_model(self.spec.model_id)
-        device, dtype = place(self.spec.device, self.spec.dtype, self.spec.cpu_threads)
-        return path, device, dtype
+        device, self.precision = place(self.spec.device, self.spec.dtype, self.spec.cpu_threads)
+        return path, device, self.precision
+
+    def settle_precision(self, run_sample: Callable[[], np.ndarray],
+                         agreement: Callable[[np.ndarray, np.ndarray], tuple[bool, str]]) -> None:
+        """Keep a bf16 candidate only if `run_sample()` agrees with its fp32 run (see precision.py)."""
+        self.precision = settle(self.precision, run_sample, agreement, self.model_id)

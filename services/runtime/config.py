@@ -53,7 +53,9 @@ class ModelWorkerSettings(WorkerSettings):
 
     model: str = Field(description="Model id (bundled, Hugging Face cache) or local directory.")
     device: str = Field("auto", description="`auto` (CUDA when usable, else CPU), `cpu`, `cuda` or `cuda:N`.")
-    dtype: str = Field("auto", description="`auto` (fp16 on CUDA, fp32 on CPU), `float32`, `float16`, `bfloat16`.")
+    dtype: str = Field("auto", description="`auto` (fp16 on CUDA; on CPU bf16 autocast where the CPU has native "
+                                           "bf16 and a start-up self-check agrees with fp32, else fp32), "
+                                           "`float32`, `float16`, `bfloat16`.")
     cpu_threads: int = Field(0, ge=0, description="Torch intra-op threads on CPU; 0 means every available core.")
     pack_length: int = Field(128, ge=16, description="Row length of packed batches (BERT models).")
     max_batch_size: int = Field(64, ge=1, description="Most inputs in one forward pass.")

@@ -3,6 +3,8 @@
 import logging
 import os
 
+from services.runtime.precision import NATIVE_BF16_FLAGS, Precision, cpu_bf16_flags
+
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
@@ -41,28 +43,35 @@ def select_device(requested: str) -> str:
     raise DeviceError(f"unknown device {requested!r}: use auto, cpu, cuda or cuda:N")
 
 
-def select_dtype(device: str, requested: str):
-    """fp16 on CUDA and fp32 on CPU for `auto`; CPU half precision is refused (slow and lossy there)."""
+def select_precision(device: str, requested: str, bf16_flags: list[str] | None = None) -> Precision:
+    """`auto`: fp16 on CUDA; on CPU, bf16 autocast where the CPU has native bf16 (a candidate the adapter's
+    start-up self-check confirms), else fp32. An explicit dtype wins; CPU fp16 is refused (slow and lossy)."""
     import torch
 
     requested = requested.strip().lower()
     if requested == "auto":
-        return torch.float16 if device.startswith("cuda") else torch.float32
+        if device.startswith("cuda"):
+            return Precision(torch.float16, reason="auto: float16 on CUDA")
+        flags = cpu_bf16_flags() if bf16_flags is None else bf16_flags
+        if flags:
+            return Precision(torch.float32, torch.bfloat16, f"auto: the CPU has native bf16 ({', '.join(flags)})")
+        return Precision(torch.float32, reason=f"auto: float32, the CPU has no native bf16 "
+                                               f"({' or '.join(NATIVE_BF16_FLAGS)})")
     if requested not in _DTYPES:
         raise DeviceError(f"unknown dtype {requested!r}: use auto, float32, float16 or bfloat16")
     dtype = getattr(torch, _DTYPES[requested])
     if device == "cpu" and dtype is torch.float16:
         raise DeviceError("float16 is not supported on CPU: use float32 or bfloat16")
-    return dtype
+    return Precision(dtype, reason=f"configured {_DTYPES[requested]}")
 
 
-def place(requested_device: str, requested_dtype: str, cpu_threads: int = 0):
-    """Device and dtype for a model about to load; sizes torch's CPU thread pool when on CPU."""
+def place(requested_device: str, requested_dtype: str, cpu_threads: int = 0) -> tuple[str, Precision]:
+    """Device and precision for a model about to load; sizes torch's CPU thread pool when on CPU."""
     device = select_device(requested_device)
-    dtype = select_dtype(device, requested_dtype)
+    precision = select_precision(device, requested_dtype)
     if device == "cpu":
         configure_cpu_threads(cpu_threads)
-    return device, dtype
+    return device, precision
 
 
 def configure_cpu_threads(threads: int = 0) -> int:

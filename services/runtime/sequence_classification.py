@@ -4,6 +4,7 @@ import numpy as np
 
 from services.runtime.adapter import Prepared
 from services.runtime.packing import PackedBatch, first_token_states, pack
+from services.runtime.precision import Precision
 
 
 class SequenceClassification:
@@ -14,8 +15,9 @@ class SequenceClassification:
     Inputs longer than `max_tokens` are truncated, longest part first for pairs.
     """
 
-    def __init__(self, model, tokenizer, max_tokens: int, device: str, pack_length: int):
+    def __init__(self, model, tokenizer, max_tokens: int, device: str, pack_length: int, precision: Precision):
         self.model = model
+        self.precision = precision
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
         self.device = device
@@ -36,7 +38,7 @@ class SequenceClassification:
         """(inputs, labels) float32 logits."""
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), self.precision.context():
             if self.packs_sequences:
                 batch: PackedBatch = prepared.features.map_tensors(lambda t: t.to(self.device, non_blocking=True))
                 hidden = self.model.bert(

@@ -90,6 +90,7 @@ class ModelServicer(WorkerServicer):
             max_items_per_request=s.max_items_per_request,
             max_chars_per_item=s.max_chars_per_item,
             fallback_reason=model.fallback_reason,
+            dtype_reason=model.dtype_reason,
         )
 
 

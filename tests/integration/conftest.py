@@ -13,9 +13,11 @@ from services.runtime.worker import Worker
 from tests.network import worker_channel
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# CPU expectations (device, dtype, fp32 tolerances) must hold on a GPU machine too; tests/gpu covers CUDA.
+# CPU fp32 expectations (device, dtype, 1e-5 tolerances) must hold on a GPU machine and on a CPU with native
+# bf16 too; tests/gpu covers CUDA and test_precision.py the bf16 that dtype=auto picks.
 for _worker in ("EMBEDDING", "RERANKING", "CLASSIFIER"):
     os.environ.setdefault(f"TORCHGATE_{_worker}_DEVICE", "cpu")
+    os.environ.setdefault(f"TORCHGATE_{_worker}_DTYPE", "float32")
 
 
 def grpcurl() -> str:

@@ -37,7 +37,7 @@ class BatchingInfo(_message.Message):
     def __init__(self, max_batch_size: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_wait_ms: _Optional[float] = ..., max_queue_items: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_id", "model_path", "device", "dtype", "max_input_tokens", "dimension", "labels", "batching", "version", "max_items_per_request", "max_chars_per_item", "fallback_reason")
+    __slots__ = ("model_id", "model_path", "device", "dtype", "max_input_tokens", "dimension", "labels", "batching", "version", "max_items_per_request", "max_chars_per_item", "fallback_reason", "dtype_reason")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,7 @@ class ModelInfo(_message.Message):
     MAX_ITEMS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     MAX_CHARS_PER_ITEM_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_REASON_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     model_path: str
     device: str
@@ -62,7 +63,8 @@ class ModelInfo(_message.Message):
     max_items_per_request: int
     max_chars_per_item: int
     fallback_reason: str
-    def __init__(self, model_id: _Optional[str] = ..., model_path: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., max_input_tokens: _Optional[int] = ..., dimension: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., batching: _Optional[_Union[BatchingInfo, _Mapping]] = ..., version: _Optional[str] = ..., max_items_per_request: _Optional[int] = ..., max_chars_per_item: _Optional[int] = ..., fallback_reason: _Optional[str] = ...) -> None: ...
+    dtype_reason: str
+    def __init__(self, model_id: _Optional[str] = ..., model_path: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., max_input_tokens: _Optional[int] = ..., dimension: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., batching: _Optional[_Union[BatchingInfo, _Mapping]] = ..., version: _Optional[str] = ..., max_items_per_request: _Optional[int] = ..., max_chars_per_item: _Optional[int] = ..., fallback_reason: _Optional[str] = ..., dtype_reason: _Optional[str] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()
