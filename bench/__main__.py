@@ -1,8 +1,10 @@
 """`make bench`: start the mesh, load it from separate processes, print one table, write a JSON report.
 
-For each scenario: (1) the in-process ceiling at its best batch size, (2) direct gRPC to the worker
-(closed-loop Python grpc.aio client), (3) REST through the gateway (wrk, a native client), as
-items/s with p50/p99 latency and the ratios 2/1 and 3/1; plus the gateway hop and every process's RSS.
+For each scenario: (1) two in-process ceilings at their best batch size: fp32 (what sentence-transformers
+users get by default) and the best in-process run (bf16 autocast where the CPU has native bf16), (2) direct
+gRPC to the worker (closed-loop Python grpc.aio client), (3) REST through the gateway (wrk, a native
+client), as items/s with p50/p99 latency and the served ratios against both ceilings; plus the dtype each
+worker chose, the gateway hop and every process's RSS.
 """
 
 import argparse
@@ -11,23 +13,18 @@ import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from bench.corpus import build_corpus
 from bench.scenarios import SCENARIOS
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 def run_json(command: list[str], env: dict | None = None, marker: str = "") -> dict:
@@ -54,20 +51,28 @@ def rss_mb(pid: int) -> float:
 
 
 class Mesh:
-    """The mesh on free ports, started and stopped by the same scripts users run."""
+    """The mesh on ports of its own choosing (port 0, read back from the run dir), started and stopped by the
+    same scripts users run."""
 
     def __init__(self, workers: list[str]):
         self.run_dir = Path(tempfile.mkdtemp(prefix="torchgate-bench-"))
-        self.ports = {name: free_port() for name in [*workers, "gateway"]}
         self.env = {**os.environ, "TORCHGATE_RUN_DIR": str(self.run_dir), "TORCHGATE_PYTHON": sys.executable,
                     "TORCHGATE_LOG_LEVEL": "WARNING"}
-        for name, port in self.ports.items():
-            self.env[f"TORCHGATE_{name.upper()}_PORT"] = str(port)
+        for name in [*workers, "gateway"]:
+            self.env[f"TORCHGATE_{name.upper()}_PORT"] = "0"
             self.env[f"TORCHGATE_{name.upper()}_METRICS_PORT"] = "0"
+        self.ports: dict[str, int] = {}
 
     def __enter__(self):
         subprocess.run([str(ROOT / "scripts/start.sh")], env=self.env, check=True, cwd=ROOT)
+        self.ports = {path.stem: int(path.read_text()) for path in self.run_dir.glob("*.port")}
         return self
+
+    def dtypes(self) -> dict[str, str]:
+        """The dtype each model worker chose, and why (from /v1/models)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['gateway']}/v1/models", timeout=10) as reply:
+            return {model["task"]: f"{model['dtype']} ({model['dtype_reason']})"
+                    for model in json.load(reply)["data"]}
 
     def __exit__(self, *exc):
         subprocess.run([str(ROOT / "scripts/stop.sh")], env=self.env, cwd=ROOT)
@@ -110,25 +115,29 @@ def main() -> None:
     names = args.scenarios.split(",")
 
     machine = describe_machine()
-    ceilings = {name: run_json([sys.executable, "-m", "bench.inprocess", name, str(args.corpus)]) for name in names}
+    ceilings = {name: {mode: run_json([sys.executable, "-m", "bench.inprocess", name, str(args.corpus), mode])
+                       for mode in ("fp32", "best")} for name in names}
     rows = []
     with Mesh(sorted({SCENARIOS[name].worker for name in names})) as mesh:
+        dtypes = mesh.dtypes()
         for name in names:
             scenario = SCENARIOS[name]
+            fp32, best = ceilings[name]["fp32"], ceilings[name]["best"]
             for concurrency, per_call in scenario.loads + (scenario.gpu_loads if machine["gpu"] else ()):
-                direct = grpc_load(mesh, name, concurrency, per_call, args.seconds, args.warmup)
-                rest = rest_load(mesh, scenario, concurrency, per_call, args.seconds, args.warmup)
-                ceiling = ceilings[name]["rate"]
+                served = {"grpc": grpc_load(mesh, name, concurrency, per_call, args.seconds, args.warmup),
+                          "rest": rest_load(mesh, scenario, concurrency, per_call, args.seconds, args.warmup)}
                 rows.append({
                     "scenario": name, "unit": scenario.unit, "concurrency": concurrency, "per_call": per_call,
-                    "in_process_rate": ceiling, "in_process_batch_size": ceilings[name]["batch_size"],
-                    "grpc": {**direct, "rate": rate(direct, per_call), "ratio": rate(direct, per_call) / ceiling},
-                    "rest": {**rest, "rate": rate(rest, per_call), "ratio": rate(rest, per_call) / ceiling},
+                    "in_process_fp32": fp32, "in_process_best": best,
+                    **{path: {**result, "rate": rate(result, per_call),
+                              "vs_fp32": rate(result, per_call) / fp32["rate"],
+                              "vs_best": rate(result, per_call) / best["rate"]}
+                       for path, result in served.items()},
                 })
         rss = mesh.rss()
 
     report = {"machine": machine, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "seconds_per_load": args.seconds, "rows": rows, "rss_mb": rss}
+              "seconds_per_load": args.seconds, "worker_dtypes": dtypes, "rows": rows, "rss_mb": rss}
     print_table(report)
     out = ROOT / "bench/results" / f"{time.strftime('%Y%m%d-%H%M%S')}-{platform.node() or 'host'}.json"
     out.write_text(json.dumps(report, indent=2))
@@ -138,15 +147,19 @@ def main() -> None:
 def print_table(report: dict) -> None:
     machine = report["machine"]
     print(f"\n{machine['cpu']}, {machine['cores']} cores, {machine['memory_gb']} GB, GPU: {machine['gpu'] or 'none'}")
-    cells = f"{'ratio':>6} {'p50':>7} {'p99':>7}"
-    header = f"{'scenario':<9}{'C':>4}{'k':>4} | {'in-proc/s':>9} (bs) | {'gRPC/s':>7} {cells} | {'REST/s':>7} {cells}"
+    for task, dtype in sorted(report["worker_dtypes"].items()):
+        print(f"{task} worker computes in {dtype}")
+    cells = f"{'/fp32':>6} {'/best':>6} {'p50':>7} {'p99':>6}"
+    header = (f"{'scenario':<9}{'C':>4}{'k':>4} | {'fp32/s':>7} {'best/s':>7} (dtype, bs) | {'gRPC/s':>7} {cells} | "
+              f"{'REST/s':>7} {cells}")
     print(header)
     print("-" * len(header))
     for row in report["rows"]:
-        g, r = row["grpc"], row["rest"]
-        print(f"{row['scenario']:<9}{row['concurrency']:>4}{row['per_call']:>4} | {row['in_process_rate']:>9.1f} "
-              f"({row['in_process_batch_size']:>2}) | {served_cells(g)} | {served_cells(r)}"
-              + (f"  ({r['errors']} REST errors)" if r["errors"] else ""))
+        fp32, best = row["in_process_fp32"], row["in_process_best"]
+        errors = f"  ({row['rest']['errors']} REST errors)" if row["rest"]["errors"] else ""
+        print(f"{row['scenario']:<9}{row['concurrency']:>4}{row['per_call']:>4} | {fp32['rate']:>7.1f} "
+              f"{best['rate']:>7.1f} ({SHORT_DTYPE[best['dtype']]}, {best['batch_size']:>2}) | "
+              f"{served_cells(row['grpc'])} | {served_cells(row['rest'])}{errors}")
     for row in report["rows"]:
         if row["concurrency"] == 1 and row["per_call"] == 1:
             hop = row["rest"]["p50_ms"] - row["grpc"]["p50_ms"]
@@ -155,8 +168,8 @@ def print_table(report: dict) -> None:
 
 
 def served_cells(result: dict) -> str:
-    return (f"{result['rate']:>7.1f} {result['ratio']:>5.2f}x {result['p50_ms']:>6.1f}ms"
-            f" {result['p99_ms']:>5.0f}ms")
+    return (f"{result['rate']:>7.1f} {result['vs_fp32']:>5.2f}x {result['vs_best']:>5.2f}x "
+            f"{result['p50_ms']:>5.1f}ms {result['p99_ms']:>4.0f}ms")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ async def test_async_failures_open_the_breaker_and_it_answers_at_once_with_retry
         ready = await client.get("/health/ready")
     assert [reply.status_code for reply in failures] == [503, 503, 503]
     assert blocked.status_code == 503 and "circuit breaker is open" in blocked.json()["error"]["message"]
+    assert blocked.json()["error"] | {"message": ""} == {"type": "upstream_unavailable", "upstream": "embedding",
+                                                         "message": ""}
     assert 28 <= int(blocked.headers["Retry-After"]) <= 30
     assert ready.json()["upstreams"]["embedding"]["breaker"] == "open"
 
@@ -33,7 +35,9 @@ async def test_internal_errors_open_the_breaker_and_a_half_open_trial_closes_it(
             assert (await client.post("/v1/embeddings", json={"input": FAIL_TEXT})).status_code == 502
         upstream = client.app.state.upstreams["embedding"]
         assert upstream.breaker.current_state == "open"
-        assert (await client.post("/v1/embeddings", json={"input": "fine"})).status_code == 503
+        blocked = await client.post("/v1/embeddings", json={"input": "fine"})
+        assert blocked.status_code == 503
+        assert blocked.headers["Retry-After"] == "1", "under a second left: retry in 1 s, never 0"
         await asyncio.sleep(0.35)
         assert (await client.post("/v1/embeddings", json={"input": "fine"})).status_code == 200
         assert upstream.breaker.current_state == "closed"
