@@ -9,7 +9,7 @@ from services.classifier.examples import load_examples
 from services.classifier.head import softmax, train
 from services.embedding.adapter import EmbeddingAdapter
 from services.runtime.adapter import ModelAdapter, ModelDescription, Prepared, SpecAdapter
-from services.runtime.precision import SELF_CHECK_TEXTS, score_agreement
+from services.runtime.precision import SELF_CHECK_BATCH, score_agreement
 from services.runtime.sequence_classification import SequenceClassification
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class CheckpointAdapter(SpecAdapter):
         self.classification = SequenceClassification(model, tokenizer, self.max_tokens, device,
                                                      self.spec.pack_length, precision)
         self.packs_sequences = self.classification.packs_sequences
-        self.settle_precision(lambda: self.forward(self.preprocess(SELF_CHECK_TEXTS)), score_agreement)
+        self.settle_precision(lambda: self.forward(self.preprocess(SELF_CHECK_BATCH)), score_agreement)
         return ModelDescription(model_id=self.model_id, model_path=str(path), device=device,
                                 dtype=self.precision.name, dtype_reason=self.precision.reason,
                                 max_input_tokens=self.max_tokens, labels=list(self.labels))

@@ -6,7 +6,7 @@ import numpy as np
 
 from services.runtime.adapter import ModelDescription, Prepared, SpecAdapter
 from services.runtime.packing import PackedBatch, mean_pool, pack
-from services.runtime.precision import SELF_CHECK_TEXTS, cosine_agreement
+from services.runtime.precision import SELF_CHECK_BATCH, cosine_agreement
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class EmbeddingAdapter(SpecAdapter):
         self.packs_sequences = self._packable()
         self.normalizes = any(type(module).__name__ == "Normalize" for module in self.model)
         self._pin = self.device.startswith("cuda") and torch.cuda.is_available()
-        self.settle_precision(lambda: self.forward(self.preprocess(SELF_CHECK_TEXTS)), cosine_agreement)
+        self.settle_precision(lambda: self.forward(self.preprocess(SELF_CHECK_BATCH)), cosine_agreement)
         log.info("embedding model loaded", extra={"model": self.model_id, "packed_batches": self.packs_sequences,
                                                   "dtype": self.precision.name, "dtype_reason": self.precision.reason})
         return ModelDescription(

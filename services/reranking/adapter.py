@@ -6,7 +6,7 @@ import numpy as np
 
 from services.embedding.adapter import EmbeddingAdapter
 from services.runtime.adapter import ModelAdapter, ModelDescription, Prepared, SpecAdapter
-from services.runtime.precision import SELF_CHECK_TEXTS, score_agreement
+from services.runtime.precision import SELF_CHECK_BATCH, SELF_CHECK_TEXTS, score_agreement
 from services.runtime.sequence_classification import SequenceClassification
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class CrossEncoderAdapter(SpecAdapter):
     def _sample_relevance(self) -> np.ndarray:
         """Relevance in [0, 1] (sigmoid of the logit, whatever the model's own activation) of fixed pairs."""
         query = SELF_CHECK_TEXTS[0]
-        logits = self.forward(self.preprocess([(query, document) for document in SELF_CHECK_TEXTS]))[:, 1]
+        logits = self.forward(self.preprocess([(query, document) for document in SELF_CHECK_BATCH]))[:, 1]
         return 1 / (1 + np.exp(-logits))
 
     def warmup(self) -> None:

@@ -1,6 +1,7 @@
 """dtype=auto: bf16 where the CPU has it natively, kept only when a self-check agrees with fp32."""
 
 import logging
+import time
 
 import numpy as np
 import pytest
@@ -65,17 +66,22 @@ def test_impossible_dtypes_are_refused_with_the_fix(device, requested, message):
 
 
 class Sample:
-    """A sample run that records the autocast it saw; bf16 runs return `reduced`, fp32 ones `reference`."""
+    """A sample run that records the autocast it saw; bf16 runs take `bf16_s` and return `reduced`, fp32 ones
+    take `fp32_s` and return `reference`."""
 
-    def __init__(self, precision: Precision, reference: np.ndarray, reduced):
+    def __init__(self, precision: Precision, reference: np.ndarray, reduced, fp32_s: float = 0.02,
+                 bf16_s: float = 0.005):
         self.precision, self.reference, self.reduced, self.seen = precision, reference, reduced, []
+        self.fp32_s, self.bf16_s = fp32_s, bf16_s
 
     def __call__(self) -> np.ndarray:
         self.seen.append(self.precision.autocast)
         if self.precision.autocast is None:
+            time.sleep(self.fp32_s)
             return self.reference
         if isinstance(self.reduced, Exception):
             raise self.reduced
+        time.sleep(self.bf16_s)
         return self.reduced
 
 
@@ -89,9 +95,21 @@ def test_a_bf16_candidate_that_agrees_with_fp32_is_kept(caplog):
     sample = Sample(precision, reference, reference + 1e-4)
     with caplog.at_level(logging.INFO):
         settled = settle(precision, sample, cosine_agreement, "m")
-    assert sample.seen == [None, torch.bfloat16], "fp32 reference first, then bf16"
+    assert sample.seen == [None] * 4 + [torch.bfloat16] * 4, "fp32 reference first (warm-up + 3), then bf16"
     assert settled.autocast is torch.bfloat16 and "self-check passed" in settled.reason
+    assert "x the speed of fp32" in settled.reason
     assert "computing in bf16" in caplog.text
+
+
+def test_a_bf16_candidate_that_agrees_but_is_not_faster_here_falls_back_to_fp32(caplog):
+    precision = candidate()
+    reference = np.random.default_rng(2).standard_normal((4, 8))
+    sample = Sample(precision, reference, reference, fp32_s=0.005, bf16_s=0.01)
+    with caplog.at_level(logging.INFO):
+        settled = settle(precision, sample, cosine_agreement, "m")
+    assert settled.autocast is None and settled.name == "float32"
+    assert "the speed of fp32 here" in settled.reason and settled.reason.endswith(": fp32")
+    assert "bf16 is not faster here" in caplog.text
 
 
 @pytest.mark.parametrize("reduced", [np.zeros((4, 8)) + 1, RuntimeError("no bf16 kernel")], ids=["disagrees", "fails"])
