@@ -1,7 +1,7 @@
 """The in-process ceiling: the model called directly, at its best batch size. Prints one JSON line.
 
-`python -m bench.inprocess SCENARIO COUNT fp32|best`: `fp32` is what users get from sentence-transformers by
-default; `best` adds bf16 autocast where the CPU computes bf16 natively (the fastest in-process run here).
+`python -m bench.inprocess SCENARIO COUNT fp32|bf16`: `fp32` is what users get from sentence-transformers by
+default; `bf16` runs under bf16 autocast where the CPU computes bf16 natively (fp32 elsewhere).
 """
 
 import json
@@ -15,7 +15,7 @@ from services.runtime.precision import Precision, cpu_bf16_flags
 
 
 def precision_for(mode: str) -> tuple[str, object]:
-    if mode == "best" and cpu_bf16_flags():
+    if mode == "bf16" and cpu_bf16_flags():
         import torch
 
         return "bfloat16", Precision(torch.float32, torch.bfloat16).context()
