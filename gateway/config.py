@@ -7,10 +7,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class UpstreamSettings(BaseModel):
     """How the gateway talks to one worker service (all replicas of it)."""
 
-    addresses: str = Field(description="Comma-separated IP:port replicas, or one DNS name:port (headless Service).")
+    addresses: str = Field(description="Comma-separated IP:port replicas, one DNS name:port (headless Service), "
+                                       "or a gRPC target URI (dns://AUTHORITY/name:port, ipv4:, ipv6:, unix:).")
     timeout_s: float = Field(30.0, gt=0, description="Default request deadline (X-Request-Timeout overrides).")
     breaker_fail_max: int = Field(5, ge=1, description="Consecutive failures that open the circuit breaker.")
-    breaker_reset_s: float = Field(60.0, gt=0, description="How long the breaker stays open before a trial call.")
+    breaker_reset_s: float = Field(60.0, gt=0, description="How long the breaker stays open before a trial call, "
+                                                           "unless the upstream's health turns SERVING first.")
     max_concurrency: int = Field(512, ge=1, description="Requests in flight before new ones get 429.")
     retry_attempts: int = Field(3, ge=2, le=5, description="gRPC attempts for UNAVAILABLE (first call included).")
     breaker_min_deadline_s: float = Field(

@@ -34,10 +34,23 @@ QUEUE_EXPIRED = "queue_expired"
 # How often a known worker's limits are read again (replicas may restart with other settings).
 LIMITS_REFRESH_S = 30.0
 LIMITS_RETRY_S = 1.0
+# gRPC's default of 30 s between DNS look-ups would leave a replaced replica unreachable for up to 30 s.
+DNS_MIN_INTERVAL_MS = 1_000
+# After the health protocol says SERVING again, an open breaker tries at once; each early trial that failed
+# since the breaker last closed doubles the wait (1 s, 2 s, 4 s, ...) up to breaker_reset_s.
+EARLY_TRIAL_BACKOFF_S = 1.0
+HEALTH_RETRY_S = 0.5
+
+
+# gRPC target URI schemes passed to the channel as they are (dns://AUTHORITY/name:port, ipv4:, unix:, ...).
+TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:")
 
 
 def grpc_target(addresses: str) -> str:
-    """`ipv4:`/`ipv6:` target for a list of IP literals, `dns:///` for one host name."""
+    """A gRPC target URI as given; else `ipv4:`/`ipv6:` for a list of IP literals, `dns:///` for one host name."""
+    addresses = addresses.strip()
+    if addresses.startswith(TARGET_SCHEMES) and not addresses.partition(":")[2].isdigit():
+        return addresses
     parts = [part.strip() for part in addresses.split(",") if part.strip()]
     if not parts:
         raise ValueError("an upstream needs at least one address")
@@ -57,9 +70,15 @@ def grpc_target(addresses: str) -> str:
 
 
 def channel_options(service: str, settings: UpstreamSettings) -> list[tuple[str, Any]]:
-    """Retries, round-robin, keepalive and fast reconnects, as gRPC channel configuration."""
+    """Retries, round-robin over the replicas that report SERVING, keepalive, fast reconnects and re-resolution.
+
+    `healthCheckConfig` makes the channel watch every replica's gRPC health: one that is loading or draining
+    (NOT_SERVING) gets no new calls. Workers age their connections out (max_connection_age), and each reconnect
+    re-resolves a DNS target, so replicas that join a headless Service are found.
+    """
     service_config = {
         "loadBalancingConfig": [{"round_robin": {}}],
+        "healthCheckConfig": {"serviceName": service},
         "methodConfig": [{
             "name": [{"service": service}],
             "retryPolicy": {
@@ -80,6 +99,7 @@ def channel_options(service: str, settings: UpstreamSettings) -> list[tuple[str,
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.min_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 2_000),
+        ("grpc.dns_min_time_between_resolutions_ms", DNS_MIN_INTERVAL_MS),
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ]
@@ -90,16 +110,22 @@ def _worker_error(error: grpc.aio.AioRpcError) -> str:
 
 
 class BreakerMonitor(pybreaker.CircuitBreakerListener):
-    """Logs and exports state changes, and remembers when the breaker opened (for Retry-After)."""
+    """Logs and exports state changes; remembers when the breaker opened (for Retry-After) and how many trials
+    failed since it last closed (for the back-off of early trials)."""
 
     def __init__(self, upstream: str):
         self.upstream = upstream
         self.opened_at = 0.0
+        self.failed_trials = 0
         BREAKER_STATE.labels(upstream).set(0)
 
     def state_change(self, cb, old_state, new_state) -> None:
         if new_state.name == pybreaker.STATE_OPEN:
             self.opened_at = time.monotonic()
+            if old_state and old_state.name == pybreaker.STATE_HALF_OPEN:
+                self.failed_trials += 1
+        elif new_state.name == pybreaker.STATE_CLOSED:
+            self.failed_trials = 0
         if old_state and old_state.name == new_state.name:
             return  # a call that was in flight when the breaker opened failed too: not a transition
         BREAKER_STATE.labels(self.upstream).set(_STATE_VALUES[new_state.name])
@@ -134,12 +160,45 @@ class Upstream:
         self.in_flight = 0
         self._trial_in_flight = False
         self.limits: Limits | None = None
-        self._learning: asyncio.Task | None = None
+        self.serving = False
+        self._tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
-        """Begin learning the worker's published limits (model upstreams); call inside the serving loop."""
+        """Begin watching health and learning the worker's published limits; call inside the serving loop."""
+        self._tasks.append(asyncio.create_task(self._follow_health()))
         if self.serves_model:
-            self._learning = asyncio.create_task(self._learn_limits())
+            self._tasks.append(asyncio.create_task(self._learn_limits()))
+
+    async def _follow_health(self) -> None:
+        """Watch the service's health through the channel; when it turns SERVING, end an open breaker's wait.
+
+        With wait_for_ready the watch reaches a replica only once one is healthy, so a watch that answers after
+        every replica died is the replacement saying SERVING.
+        """
+        request = health_pb2.HealthCheckRequest(service=self.service)
+        while True:
+            try:
+                async for reply in self._health.Watch(request, wait_for_ready=True):
+                    serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+                    if serving and not self.serving:
+                        await self._early_trial()
+                    self.serving = serving
+            except grpc.aio.AioRpcError:
+                pass
+            self.serving = False
+            await asyncio.sleep(HEALTH_RETRY_S)
+
+    async def _early_trial(self) -> None:
+        """Let an open breaker try now, or after its back-off when earlier early trials failed."""
+        if self.breaker.current_state != pybreaker.STATE_OPEN:
+            return
+        failed = self.monitor.failed_trials
+        backoff = min(self.settings.breaker_reset_s, EARLY_TRIAL_BACKOFF_S * 2 ** (failed - 1)) if failed else 0.0
+        await asyncio.sleep(max(0.0, self.monitor.opened_at + backoff - time.monotonic()))
+        if self.breaker.current_state == pybreaker.STATE_OPEN:
+            log.info("health says SERVING: circuit breaker tries now", extra={"upstream": self.name,
+                                                                             "failed_trials": failed})
+            self.breaker.half_open()
 
     async def _learn_limits(self) -> None:
         while True:
@@ -232,8 +291,8 @@ class Upstream:
         }
 
     async def close(self) -> None:
-        if self._learning:
-            self._learning.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._learning
+                await task
         await self.channel.close()

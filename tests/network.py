@@ -21,6 +21,16 @@ def worker_channel(port: int, host: str = "127.0.0.1") -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(f"{host}:{port}", options=[("grpc.service_config", _DEFAULT_DEADLINE)])
 
 
+def released_port(host: str = "127.0.0.1") -> int:
+    """A port free on `host` a moment ago, for servers that have no port-0 mode (Prometheus' 0 switches it off).
+
+    Bind-and-release can race with other processes; use it only where nothing else works.
+    """
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def refusing_port() -> int:
     """A loopback port that refuses connections: a dead upstream."""
     return _REFUSING.getsockname()[1]

@@ -15,6 +15,14 @@ class WorkerSettings(BaseSettings):
                                            "learn it; scripts/start.sh uses $TORCHGATE_RUN_DIR/<worker>.port).")
     metrics_port: int = Field(0, description="Prometheus /metrics HTTP port; 0 disables it.")
     grace_period_s: float = Field(10.0, description="On SIGTERM, how long in-flight requests may take.")
+    max_connection_age_s: float = Field(
+        30.0, ge=0, description="Client connections are closed gracefully (GOAWAY) after about this long (±10%), "
+                                "so clients re-resolve DNS and rebalance onto replicas that joined; 0: never."
+    )
+    max_connection_age_grace_s: float = Field(
+        30.0, ge=0, description="How long calls on a connection that aged out may still run (the gateway's "
+                                "default deadline)."
+    )
     max_concurrent_rpcs: int = Field(
         1024, ge=1, description="Calls served at once; more are refused with RESOURCE_EXHAUSTED."
     )
@@ -42,6 +50,13 @@ class WorkerSettings(BaseSettings):
                          description="Server private key (PEM).")
     tls_client_ca: str = Field("", validation_alias=AliasChoices("TORCHGATE_TLS_CLIENT_CA", "tls_client_ca"),
                                description="CA (PEM) that signs client certificates; set for mTLS.")
+
+    def connection_options(self) -> list[tuple[str, int]]:
+        """gRPC server options that age connections out (none when max_connection_age_s is 0)."""
+        if not self.max_connection_age_s:
+            return []
+        return [("grpc.max_connection_age_ms", round(self.max_connection_age_s * 1000)),
+                ("grpc.max_connection_age_grace_ms", round(self.max_connection_age_grace_s * 1000))]
 
     def max_request_bytes(self) -> int:
         """The largest request a valid call can need: gRPC refuses bigger ones before parsing them."""

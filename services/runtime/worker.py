@@ -54,7 +54,8 @@ class Worker:
             interceptors.insert(0, aio_server_interceptor())
         self.server = grpc.aio.server(
             interceptors=interceptors,
-            options=[*SERVER_OPTIONS, ("grpc.max_receive_message_length", settings.max_request_bytes())],
+            options=[*SERVER_OPTIONS, *settings.connection_options(),
+                     ("grpc.max_receive_message_length", settings.max_request_bytes())],
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
         self.health = HealthServicer()

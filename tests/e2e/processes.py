@@ -56,11 +56,13 @@ class Service:
             self.process.wait(10)
 
 
-def start_embedding_worker(log_dir: Path, port: int = 0, **settings: str) -> tuple[Service, int]:
-    """An embedding worker on `port` (0: a free one), and the port it bound."""
-    name = f"embedding-{port or next(_unnamed)}"
+def start_embedding_worker(log_dir: Path, port: int = 0, host: str = "127.0.0.1",
+                           **settings: str) -> tuple[Service, int]:
+    """An embedding worker on `host`:`port` (0: a free one), and the port it bound."""
+    name = f"embedding-{next(_started)}"
     port_file = log_dir / f"{name}.port"
-    env = {"TORCHGATE_EMBEDDING_PORT": str(port), "TORCHGATE_EMBEDDING_PORT_FILE": str(port_file),
+    env = {"TORCHGATE_EMBEDDING_HOST": host, "TORCHGATE_EMBEDDING_PORT": str(port),
+           "TORCHGATE_EMBEDDING_PORT_FILE": str(port_file),
            "TORCHGATE_EMBEDDING_METRICS_PORT": "0", "TORCHGATE_LOG_FORMAT": "text",
            "TORCHGATE_EMBEDDING_GRACE_PERIOD_S": "10", "TORCHGATE_EMBEDDING_DEVICE": "cpu",
            **{f"TORCHGATE_EMBEDDING_{k.upper()}": v for k, v in settings.items()}}
@@ -68,23 +70,25 @@ def start_embedding_worker(log_dir: Path, port: int = 0, **settings: str) -> tup
     return service, service.bound_port()
 
 
-_unnamed = itertools.count(1)
+_started = itertools.count(1)
 
 
-def wait_serving(*ports: int, timeout: float = 180) -> None:
+def wait_serving(*ports: int, host: str = "127.0.0.1", timeout: float = 180) -> None:
     give_up = time.monotonic() + timeout
     for port in ports:
-        while check(f"127.0.0.1:{port}", "torchgate.v1.EmbeddingService", timeout=1) != "SERVING":
-            assert time.monotonic() < give_up, f"worker on {port} did not become SERVING"
+        while check(f"{host}:{port}", "torchgate.v1.EmbeddingService", timeout=1) != "SERVING":
+            assert time.monotonic() < give_up, f"worker on {host}:{port} did not become SERVING"
             time.sleep(0.3)
 
 
-def start_gateway(ports: list[int], log_dir: Path, env: dict[str, str] | None = None,
+def start_gateway(upstream_ports: list[int] | str, log_dir: Path, env: dict[str, str] | None = None,
                   **upstream: str) -> tuple[Service, str]:
+    """A gateway whose embedding upstream is 127.0.0.1 on each of `upstream_ports`, or a gRPC target string."""
     port_file = log_dir / "gateway.port"
+    addresses = (upstream_ports if isinstance(upstream_ports, str)
+                 else ",".join(f"127.0.0.1:{port}" for port in upstream_ports))
     env = {"TORCHGATE_GATEWAY_PORT": "0", "TORCHGATE_GATEWAY_PORT_FILE": str(port_file),
-           "TORCHGATE_LOG_FORMAT": "text",
-           "TORCHGATE_GATEWAY_EMBEDDING__ADDRESSES": ",".join(f"127.0.0.1:{p}" for p in ports),
+           "TORCHGATE_LOG_FORMAT": "text", "TORCHGATE_GATEWAY_EMBEDDING__ADDRESSES": addresses,
            **{f"TORCHGATE_GATEWAY_EMBEDDING__{k.upper()}": v for k, v in upstream.items()}, **(env or {})}
     service = Service("gateway", env, log_dir / "gateway.log", port_file)
     url = f"http://127.0.0.1:{service.bound_port()}"

@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.e2e.conftest import running_mesh
 from tests.e2e.processes import start_gateway
-from tests.network import refusing_port, worker_channel
+from tests.network import refusing_port, released_port, worker_channel
 from torchgate.v1 import (
     classifier_pb2,
     classifier_pb2_grpc,
@@ -32,17 +32,9 @@ CLIENT_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grp
                 grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
-def metrics_port() -> int:
-    """A port for the reranker's Prometheus server, which has no port-0 mode (0 switches it off): the one
-    port in the suite picked by bind-and-release."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
-    scrape_port = metrics_port()
+    scrape_port = released_port()
     with running_mesh(tmp_path_factory.mktemp("hostile") / "run",
                       TORCHGATE_RERANKING_METRICS_PORT=str(scrape_port)) as running:
         running.ports["reranking_metrics"] = scrape_port

@@ -39,6 +39,12 @@ def test_overload_and_unavailability_carry_retry_after():
         ("10.0.0.1:1, 10.0.0.2:1", "ipv4:10.0.0.1:1,10.0.0.2:1"),
         ("[::1]:50052", "ipv6:[::1]:50052"),
         ("embedding.torchgate.svc:50052", "dns:///embedding.torchgate.svc:50052"),
+        ("dns://127.0.0.1:5053/embedding.mesh.test:50062", "dns://127.0.0.1:5053/embedding.mesh.test:50062"),
+        ("dns:///embedding.torchgate.svc:50052", "dns:///embedding.torchgate.svc:50052"),
+        ("ipv4:10.0.0.1:1,10.0.0.2:1", "ipv4:10.0.0.1:1,10.0.0.2:1"),
+        ("ipv6:[::1]:50052", "ipv6:[::1]:50052"),
+        ("unix:/run/torchgate/embedding.sock", "unix:/run/torchgate/embedding.sock"),
+        ("unix:50052", "dns:///unix:50052"),
     ],
 )
 def test_addresses_become_grpc_targets(addresses, target):
