@@ -5,9 +5,11 @@ source "$(dirname "$0")/mesh.sh"
 
 healthy=1
 for name in "${WORKERS[@]}"; do
-  status=$(worker_status "$name") || healthy=0
-  printf '%-11s %-22s %s\n' "$name" "$(worker_host "$name"):$(worker_port "$name")" "$status"
+  for instance in $(instances "$name"); do
+    status=$(worker_status "$instance") || healthy=0
+    printf '%-13s %-22s %s\n' "$instance" "$(worker_host "$instance"):$(worker_port "$instance")" "$status"
+  done
 done
 status=$(gateway_ready) || healthy=0
-printf '%-11s %-22s %s\n' gateway "$(gateway_url)" "$status"
+printf '%-13s %-22s %s\n' gateway "$(gateway_url)" "$status"
 ((healthy))

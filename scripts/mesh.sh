@@ -9,6 +9,7 @@ PYTHON=${TORCHGATE_PYTHON:-.venv/bin/python}
 # Worker name -> default gRPC port and gRPC service; start order is this order.
 WORKERS=(gpu embedding reranking classifier)
 declare -A DEFAULT_PORT=([gpu]=50051 [embedding]=50052 [reranking]=50053 [classifier]=50054)
+declare -A DEFAULT_METRICS_PORT=([gpu]=9451 [embedding]=9452 [reranking]=9453 [classifier]=9454)
 declare -A SERVICE=(
   [gpu]=torchgate.v1.GpuService
   [embedding]=torchgate.v1.EmbeddingService
@@ -16,14 +17,54 @@ declare -A SERVICE=(
   [classifier]=torchgate.v1.ClassifierService
 )
 
+# A worker runs as TORCHGATE_<WORKER>_REPLICAS processes (default 1): <worker>, then <worker>-2 ... <worker>-N.
+# Every process has its own pid, port and log file in $RUN_DIR, named after it.
+base_name() { echo "${1%-[0-9]*}"; }
+replica_count() {
+  local var="TORCHGATE_${1^^}_REPLICAS"
+  local count=${!var:-1}
+  if ! [[ $count =~ ^[1-9][0-9]*$ ]]; then
+    echo "$var must be a whole number >= 1, not '$count'" >&2
+    return 1
+  fi
+  echo "$count"
+}
+replicas() {  # the names start.sh gives a worker's processes
+  local count k
+  count=$(replica_count "$1") || return 1
+  echo "$1"
+  for ((k = 2; k <= count; k++)); do echo "$1-$k"; done
+}
+instances() {  # a worker's processes that have a pid file (what stop.sh and health.sh look at)
+  echo "$1"
+  local pid_file
+  for pid_file in "$RUN_DIR/$1"-[0-9]*.pid; do
+    [ -e "$pid_file" ] && basename "$pid_file" .pid
+  done
+}
+
+replica_env() {  # name: VAR=value lines that keep replica k >= 2 off replica 1's ports
+  local base
+  base=$(base_name "$1")
+  [ "$1" = "$base" ] && return
+  local k=${1##*-} metrics_var="TORCHGATE_${base^^}_METRICS_PORT"
+  local metrics=${!metrics_var:-${DEFAULT_METRICS_PORT[$base]}}
+  echo "TORCHGATE_${base^^}_PORT=0"
+  # Prometheus' server has no port 0 (0 switches it off): replica k takes replica 1's port + 10 (k - 1).
+  if ((metrics)); then echo "TORCHGATE_${base^^}_METRICS_PORT=$((metrics + 10 * (k - 1)))"; fi
+}
+
 # A started service writes the port it bound to $RUN_DIR/<name>.port (port 0 picks a free one).
 port_file() { echo "$RUN_DIR/$1.port"; }
 worker_port() {
-  local var="TORCHGATE_${1^^}_PORT"
-  if [ -s "$(port_file "$1")" ]; then cat "$(port_file "$1")"; else echo "${!var:-${DEFAULT_PORT[$1]}}"; fi
+  local base
+  base=$(base_name "$1")
+  local var="TORCHGATE_${base^^}_PORT"
+  if [ -s "$(port_file "$1")" ]; then cat "$(port_file "$1")"; else echo "${!var:-${DEFAULT_PORT[$base]}}"; fi
 }
 worker_host() {
-  local var="TORCHGATE_${1^^}_HOST"
+  local var
+  var="TORCHGATE_$(base_name "$1" | tr '[:lower:]' '[:upper:]')_HOST"
   echo "${!var:-127.0.0.1}"
 }
 gateway_port() {
@@ -41,7 +82,8 @@ if [ -n "${TORCHGATE_GATEWAY_TLS_CA:-}" ]; then
 fi
 
 worker_status() {
-  "$PYTHON" -m torchgate.health_probe "$(worker_host "$1"):$(worker_port "$1")" "${SERVICE[$1]}" --timeout 2 \
+  "$PYTHON" -m torchgate.health_probe "$(worker_host "$1"):$(worker_port "$1")" "${SERVICE[$(base_name "$1")]}" \
+    --timeout 2 \
     "${TLS_ARGS[@]}"
 }
 

@@ -20,16 +20,20 @@ START_TIMEOUT=${TORCHGATE_START_TIMEOUT:-300}
 export TORCHGATE_RERANKING_FALLBACK=${TORCHGATE_RERANKING_FALLBACK:-embedding}
 mkdir -p "$RUN_DIR"
 
-launch() {  # name, module
-  if pid_alive "$1"; then
-    echo "$1 already running (pid $(cat "$RUN_DIR/$1.pid"))"
+launch() {  # name, module, [VAR=value ...] for this process only
+  local name=$1 module=$2
+  shift 2
+  if pid_alive "$name"; then
+    echo "$name already running (pid $(cat "$RUN_DIR/$name.pid"))"
     return
   fi
-  rm -f "$(port_file "$1")"
-  export "TORCHGATE_${1^^}_PORT_FILE=$(port_file "$1")"
+  rm -f "$(port_file "$name")"
+  local base
+  base=$(base_name "$name")
   # setsid: Ctrl-C in this terminal must not reach the services; stop.sh drains them in order.
-  setsid "$PYTHON" -m "$2" >>"$RUN_DIR/$1.log" 2>&1 </dev/null &
-  echo $! >"$RUN_DIR/$1.pid"
+  env "TORCHGATE_${base^^}_PORT_FILE=$(port_file "$name")" "$@" \
+    setsid "$PYTHON" -m "$module" >>"$RUN_DIR/$name.log" 2>&1 </dev/null &
+  echo $! >"$RUN_DIR/$name.pid"
 }
 
 wait_until() {  # name, command...
@@ -50,19 +54,33 @@ wait_until() {  # name, command...
 }
 
 for name in "${WORKERS[@]}"; do
-  launch "$name" "services.$name"
+  replicas "$name" >/dev/null || exit 2
 done
 for name in "${WORKERS[@]}"; do
-  wait_until "$name" test -s "$(port_file "$name")"
+  for replica in $(replicas "$name"); do
+    mapfile -t overrides < <(replica_env "$replica")
+    launch "$replica" "services.$name" "${overrides[@]}"
+  done
+done
+for name in "${WORKERS[@]}"; do
+  addresses=()
+  for replica in $(replicas "$name"); do
+    wait_until "$replica" test -s "$(port_file "$replica")"
+    addresses+=("127.0.0.1:$(worker_port "$replica")")
+  done
+  # The gateway balances over every replica (round_robin, health-checked); an explicit address list wins.
   upstream_var="TORCHGATE_GATEWAY_${name^^}__ADDRESSES"
-  export "$upstream_var=${!upstream_var:-127.0.0.1:$(worker_port "$name")}"
-  wait_until "$name" worker_status "$name"
-  echo "$name   serving on $(worker_host "$name"):$(worker_port "$name")  (${SERVICE[$name]})"
+  export "$upstream_var=${!upstream_var:-$(IFS=,; echo "${addresses[*]}")}"
+  for replica in $(replicas "$name"); do
+    wait_until "$replica" worker_status "$replica"
+    printf '%-13s serving on %s  (%s)\n' "$replica" "$(worker_host "$replica"):$(worker_port "$replica")" \
+      "${SERVICE[$name]}"
+  done
 done
 launch gateway gateway
 wait_until gateway test -s "$(port_file gateway)"
 wait_until gateway gateway_ready
-echo "gateway   ready on $(gateway_url)   (docs: $(gateway_url)/docs, logs: $RUN_DIR/)"
+printf '%-13s ready on %s   (docs: %s/docs, logs: %s/)\n' gateway "$(gateway_url)" "$(gateway_url)" "$RUN_DIR"
 
 if ((follow)); then
   trap 'echo; scripts/stop.sh; exit 0' INT TERM

@@ -27,6 +27,7 @@ stop_one() {
   rm -f "$pid_file" "$(port_file "$name")"
 }
 
-for ((i = ${#WORKERS[@]}; i >= 0; i--)); do
-  if ((i == ${#WORKERS[@]})); then stop_one gateway; else stop_one "${WORKERS[$i]}"; fi
+stop_one gateway
+for ((i = ${#WORKERS[@]} - 1; i >= 0; i--)); do
+  for instance in $(instances "${WORKERS[$i]}"); do stop_one "$instance"; done
 done

@@ -1,8 +1,8 @@
-"""In-memory ledger of GPU memory reservations, with expiry."""
+"""In-memory ledger of GPU memory reservations, with expiry on a monotonic clock."""
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from services.runtime.errors import NotFound, Overloaded
@@ -14,13 +14,27 @@ class Reservation:
     service: str
     device: int
     memory_mb: int
-    expires_at: float
+    expires_at: float  # on the ledger's monotonic clock
+    pid: int = 0  # the process that allocates the memory, when the holder named it
+
+    def outstanding_mb(self, allocated_mb: Mapping[tuple[int, int], int]) -> int:
+        """What the lease still holds back: its size less what its process already allocated on the device.
+
+        The device's free memory already lacks what the holder allocated; counting the whole lease as well
+        would count that memory twice.
+        """
+        if not self.pid:
+            return self.memory_mb
+        return max(0, self.memory_mb - allocated_mb.get((self.device, self.pid), 0))
 
 
 class Ledger:
-    """Grants a reservation when the device's free memory minus active leases covers it."""
+    """Grants a reservation when the device's free memory minus what active leases still hold back covers it.
 
-    def __init__(self, clock: Callable[[], float] = time.time):
+    `allocated_mb` arguments map (device, pid) to the memory that process has allocated on that device now.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
         self._leases: dict[str, Reservation] = {}
 
@@ -30,23 +44,28 @@ class Ledger:
             del self._leases[lease_id]
         return list(self._leases.values())
 
-    def reserved_mb(self, device: int) -> int:
-        return sum(lease.memory_mb for lease in self.active() if lease.device == device)
+    def reserved_mb(self, device: int, allocated_mb: Mapping[tuple[int, int], int] | None = None) -> int:
+        allocated_mb = allocated_mb or {}
+        return sum(lease.outstanding_mb(allocated_mb) for lease in self.active() if lease.device == device)
 
     def reserve(self, service: str, memory_mb: int, ttl_s: float, free_mb: dict[int, int],
-                device: int | None = None) -> Reservation:
+                device: int | None = None, pid: int = 0,
+                allocated_mb: Mapping[tuple[int, int], int] | None = None) -> Reservation:
         """`free_mb` maps each device index to its free memory now."""
         if not free_mb:
             raise Overloaded("no CUDA device on this machine to reserve memory on")
         if device is not None and device not in free_mb:
             raise NotFound(f"no device {device}; this machine has devices {sorted(free_mb)}")
-        available = {index: free - self.reserved_mb(index) for index, free in free_mb.items()}
+        available = {index: free - self.reserved_mb(index, allocated_mb) for index, free in free_mb.items()}
         chosen = device if device is not None else max(available, key=available.get)
         if available[chosen] < memory_mb:
             raise Overloaded(f"device {chosen} has {max(available[chosen], 0)} MB unreserved; {memory_mb} MB asked")
-        lease = Reservation(uuid.uuid4().hex, service, chosen, memory_mb, self.clock() + ttl_s)
+        lease = Reservation(uuid.uuid4().hex, service, chosen, memory_mb, self.clock() + ttl_s, pid)
         self._leases[lease.lease_id] = lease
         return lease
+
+    def remaining_s(self, lease: Reservation) -> float:
+        return max(0.0, lease.expires_at - self.clock())
 
     def release(self, lease_id: str) -> None:
         self.active()

@@ -1,6 +1,7 @@
 """GpuService: accelerator readings and the memory reservation ledger."""
 
 import asyncio
+import time
 
 from services.gpu.ledger import Ledger
 from services.gpu.readings import DeviceReading, Readings, open_readings
@@ -9,6 +10,11 @@ from services.runtime.errors import InvalidInput, NotFound, Unavailable
 from services.runtime.servicer import WorkerServicer
 from torchgate import __version__
 from torchgate.v1 import gpu_pb2, gpu_pb2_grpc
+
+
+def allocated_mb(devices: list[DeviceReading]) -> dict[tuple[int, int], int]:
+    """(device, pid) -> memory that process has allocated on that device, as NVML reports it."""
+    return {(device.index, pid): used for device in devices for pid, used in device.processes}
 
 
 class GpuServicer(WorkerServicer, gpu_pb2_grpc.GpuServiceServicer):
@@ -41,7 +47,7 @@ class GpuServicer(WorkerServicer, gpu_pb2_grpc.GpuServiceServicer):
             memory_used_mb=reading.memory_used_mb, utilization_percent=reading.utilization_percent,
             temperature_c=reading.temperature_c, power_w=reading.power_w,
             processes=[gpu_pb2.GpuProcess(pid=pid, used_memory_mb=mb) for pid, mb in reading.processes],
-            reserved_mb=self.ledger.reserved_mb(reading.index),
+            reserved_mb=self.ledger.reserved_mb(reading.index, allocated_mb([reading])),
         )
 
     async def GetStatus(self, request, context) -> gpu_pb2.GpuStatus:
@@ -70,12 +76,15 @@ class GpuServicer(WorkerServicer, gpu_pb2_grpc.GpuServiceServicer):
             raise InvalidInput("memory_mb must be positive")
         devices = await self._devices()
         lease = self.ledger.reserve(
-            request.service, request.memory_mb, request.ttl_s or self.settings.lease_ttl_s,
+            request.service, request.memory_mb, min(request.ttl_s or self.settings.lease_ttl_s,
+                                                    self.settings.max_lease_ttl_s),
             {d.index: d.memory_free_mb for d in devices},
             request.device if request.HasField("device") else None,
+            request.pid, allocated_mb(devices),
         )
         return gpu_pb2.Lease(lease_id=lease.lease_id, device=lease.device, memory_mb=lease.memory_mb,
-                             service=lease.service, expires_at_unix=lease.expires_at)
+                             service=lease.service, pid=lease.pid,
+                             expires_at_unix=time.time() + self.ledger.remaining_s(lease))
 
     async def Release(self, request: gpu_pb2.ReleaseRequest, context) -> gpu_pb2.ReleaseResponse:
         self.ledger.release(request.lease_id)

@@ -1,6 +1,7 @@
 import base64
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -98,3 +99,32 @@ def test_a_failed_start_leaves_no_process_behind(tmp_path):
             pytest.fail(f"the mesh started without a classifier model: {mesh.ports}")
     assert (run_dir / "embedding.log").exists(), "the workers before the classifier were started"
     assert processes_started_for(run_dir) == []
+
+
+def test_start_sh_runs_replicas_the_gateway_balances_over_them_and_stop_sh_stops_them_all(tmp_path):
+    run_dir = tmp_path / "run"
+    with running_mesh(run_dir, TORCHGATE_EMBEDDING_REPLICAS="2") as mesh:
+        replica_port = int((run_dir / "embedding-2.port").read_text())
+        assert replica_port not in mesh.ports.values()
+        healthy = mesh.script("health.sh")
+        assert healthy.returncode == 0, healthy.stdout
+        assert [line.split()[0] for line in healthy.stdout.splitlines() if "SERVING" in line][:3] == [
+            "gpu", "embedding", "embedding-2"]
+
+        os.kill(mesh.pid("embedding"), signal.SIGKILL)
+        with httpx.Client(base_url=mesh.url, timeout=30) as client:
+            statuses = {client.post("/v1/embeddings", json={"input": f"text {i}"}).status_code for i in range(8)}
+        assert statuses == {200}, "the second replica serves what the first can no longer"
+        degraded = mesh.script("health.sh")
+        assert degraded.returncode != 0
+        assert re.search(r"^embedding\s.*UNREACHABLE$", degraded.stdout, re.M), degraded.stdout
+        assert re.search(rf"^embedding-2\s+127\.0\.0\.1:{replica_port}\s+SERVING$", degraded.stdout, re.M)
+    assert processes_started_for(run_dir) == []
+
+
+def test_a_replica_count_that_is_not_a_number_is_refused_before_anything_starts(tmp_path):
+    run_dir = tmp_path / "run"
+    with pytest.raises(AssertionError, match="TORCHGATE_RERANKING_REPLICAS must be a whole number >= 1"):
+        with running_mesh(run_dir, TORCHGATE_RERANKING_REPLICAS="two"):
+            pytest.fail("the mesh started with a replica count of 'two'")
+    assert not list(run_dir.glob("*.pid"))

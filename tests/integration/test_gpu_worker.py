@@ -65,3 +65,4 @@ def test_require_gpu_makes_any_worker_exit_non_zero_with_one_clear_line(worker):
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == (
         "torchgate: TORCHGATE_REQUIRE_GPU=1 but no CUDA device is usable on this machine")
+

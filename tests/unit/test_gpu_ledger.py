@@ -1,7 +1,13 @@
+import time
+
 import pytest
 
 from services.gpu.ledger import Ledger
+from services.gpu.readings import DeviceReading, Readings
+from services.gpu.servicer import GpuServicer
+from services.gpu.settings import GpuSettings
 from services.runtime.errors import NotFound, Overloaded
+from torchgate.v1 import gpu_pb2
 
 
 class Clock:
@@ -51,3 +57,63 @@ def test_unknown_devices_and_machines_without_devices():
         ledger.reserve("a", 1, 60, {0: 100}, device=2)
     with pytest.raises(Overloaded, match="no CUDA device"):
         ledger.reserve("a", 1, 60, {})
+
+
+def test_memory_a_holder_already_allocated_is_not_counted_twice():
+    ledger = Ledger(Clock())
+    ledger.reserve("embedding", 6000, 60, {0: 10000}, pid=4242)
+    # The holder allocated 5000 MB of its lease: NVML's free memory fell to 5000, the lease holds back 1000.
+    allocated = {(0, 4242): 5000}
+    assert ledger.reserved_mb(0, allocated) == 1000
+    assert ledger.reserve("reranking", 4000, 60, {0: 5000}, allocated_mb=allocated).memory_mb == 4000
+    with pytest.raises(Overloaded, match="device 0 has 0 MB unreserved"):
+        ledger.reserve("classifier", 1, 60, {0: 5000}, allocated_mb=allocated)
+
+
+def test_a_holder_that_allocated_more_than_its_lease_holds_nothing_back_and_anonymous_leases_hold_all():
+    ledger = Ledger(Clock())
+    ledger.reserve("a", 1000, 60, {0: 10000}, pid=7)
+    ledger.reserve("b", 2000, 60, {0: 10000})
+    assert ledger.reserved_mb(0, {(0, 7): 3000, (0, 8): 500}) == 2000
+    assert ledger.reserved_mb(0, {(1, 7): 3000}) == 3000, "what pid 7 allocated on another device does not count"
+
+
+def test_expiry_follows_the_monotonic_clock_not_the_wall_clock(monkeypatch):
+    ledger = Ledger()
+    ledger.reserve("a", 1000, 30, {0: 1000})
+    monkeypatch.setattr(time, "time", lambda: 4_000_000_000.0)
+    assert ledger.reserved_mb(0) == 1000, "a wall-clock jump must not end a lease"
+
+
+class OneDevice(Readings):
+    """A machine with one 8 GB device on which pid 4242 allocated 3000 MB (what NVML would report)."""
+
+    def device_count(self) -> int:
+        return 1
+
+    def device(self, index: int) -> DeviceReading:
+        return DeviceReading(index=0, name="test", uuid="GPU-0", memory_total_mb=8000, memory_free_mb=5000,
+                             memory_used_mb=3000, processes=[(4242, 3000)])
+
+
+@pytest.fixture
+def servicer():
+    servicer = GpuServicer(GpuSettings(lease_ttl_s=300, max_lease_ttl_s=600))
+    servicer.readings = OneDevice()
+    return servicer
+
+
+@pytest.mark.parametrize(("ttl_s", "lifetime_s"), [(10_000_000, 600), (0, 300), (30, 30)])
+async def test_lease_ttls_default_and_are_capped(servicer, ttl_s, lifetime_s):
+    lease = await servicer.Reserve(gpu_pb2.ReserveRequest(service="e", memory_mb=1, ttl_s=ttl_s), None)
+    assert lifetime_s - 5 < lease.expires_at_unix - time.time() <= lifetime_s
+
+
+async def test_the_servicer_counts_what_the_named_holder_allocated_once(servicer):
+    lease = await servicer.Reserve(gpu_pb2.ReserveRequest(service="embedding", memory_mb=4000, pid=4242), None)
+    assert lease.pid == 4242
+    device = (await servicer.ListDevices(gpu_pb2.ListDevicesRequest(), None)).devices[0]
+    assert device.reserved_mb == 1000, "4000 MB leased, 3000 MB of it already allocated by pid 4242"
+    assert (await servicer.Reserve(gpu_pb2.ReserveRequest(service="reranking", memory_mb=4000), None)).memory_mb
+    with pytest.raises(Overloaded):
+        await servicer.Reserve(gpu_pb2.ReserveRequest(service="classifier", memory_mb=1), None)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16torchgate/v1/gpu.proto\x12\x0ctorchgate.v1\"\x12\n\x10GetStatusRequest\"\x14\n\x12ListDevicesRequest\"!\n\x10GetDeviceRequest\x12\r\n\x05index\x18\x01 \x01(\r\"1\n\nGpuProcess\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x16\n\x0eused_memory_mb\x18\x02 \x01(\x04\"\x83\x02\n\x06\x44\x65vice\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04uuid\x18\x03 \x01(\t\x12\x17\n\x0fmemory_total_mb\x18\x04 \x01(\x04\x12\x16\n\x0ememory_free_mb\x18\x05 \x01(\x04\x12\x16\n\x0ememory_used_mb\x18\x06 \x01(\x04\x12\x1b\n\x13utilization_percent\x18\x07 \x01(\x02\x12\x15\n\rtemperature_c\x18\x08 \x01(\x02\x12\x0f\n\x07power_w\x18\t \x01(\x02\x12+\n\tprocesses\x18\n \x03(\x0b\x32\x18.torchgate.v1.GpuProcess\x12\x13\n\x0breserved_mb\x18\x0b \x01(\x04\"\xa6\x01\n\tGpuStatus\x12\x16\n\x0e\x63uda_available\x18\x01 \x01(\x08\x12\x16\n\x0e\x64river_version\x18\x02 \x01(\t\x12\x1c\n\x14\x63uda_runtime_version\x18\x03 \x01(\t\x12\x14\n\x0c\x64\x65vice_count\x18\x04 \x01(\r\x12%\n\x07\x64\x65vices\x18\x05 \x03(\x0b\x32\x14.torchgate.v1.Device\x12\x0e\n\x06source\x18\x06 \x01(\t\"<\n\x13ListDevicesResponse\x12%\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x14.torchgate.v1.Device\"c\n\x0eReserveRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x06\x64\x65vice\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x11\n\tmemory_mb\x18\x03 \x01(\x04\x12\r\n\x05ttl_s\x18\x04 \x01(\rB\t\n\x07_device\"f\n\x05Lease\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\r\x12\x11\n\tmemory_mb\x18\x03 \x01(\x04\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\x17\n\x0f\x65xpires_at_unix\x18\x05 \x01(\x01\"\"\n\x0eReleaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\"\x11\n\x0fReleaseResponse\"\x10\n\x0eGpuInfoRequest\"^\n\x07GpuInfo\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x1b\n\x13\x64\x65\x66\x61ult_lease_ttl_s\x18\x03 \x01(\r\x12\x15\n\ractive_leases\x18\x04 \x01(\r2\xac\x03\n\nGpuService\x12\x44\n\tGetStatus\x12\x1e.torchgate.v1.GetStatusRequest\x1a\x17.torchgate.v1.GpuStatus\x12R\n\x0bListDevices\x12 .torchgate.v1.ListDevicesRequest\x1a!.torchgate.v1.ListDevicesResponse\x12\x41\n\tGetDevice\x12\x1e.torchgate.v1.GetDeviceRequest\x1a\x14.torchgate.v1.Device\x12<\n\x07Reserve\x12\x1c.torchgate.v1.ReserveRequest\x1a\x13.torchgate.v1.Lease\x12\x46\n\x07Release\x12\x1c.torchgate.v1.ReleaseRequest\x1a\x1d.torchgate.v1.ReleaseResponse\x12;\n\x04Info\x12\x1c.torchgate.v1.GpuInfoRequest\x1a\x15.torchgate.v1.GpuInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16torchgate/v1/gpu.proto\x12\x0ctorchgate.v1\"\x12\n\x10GetStatusRequest\"\x14\n\x12ListDevicesRequest\"!\n\x10GetDeviceRequest\x12\r\n\x05index\x18\x01 \x01(\r\"1\n\nGpuProcess\x12\x0b\n\x03pid\x18\x01 \x01(\r\x12\x16\n\x0eused_memory_mb\x18\x02 \x01(\x04\"\x83\x02\n\x06\x44\x65vice\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04uuid\x18\x03 \x01(\t\x12\x17\n\x0fmemory_total_mb\x18\x04 \x01(\x04\x12\x16\n\x0ememory_free_mb\x18\x05 \x01(\x04\x12\x16\n\x0ememory_used_mb\x18\x06 \x01(\x04\x12\x1b\n\x13utilization_percent\x18\x07 \x01(\x02\x12\x15\n\rtemperature_c\x18\x08 \x01(\x02\x12\x0f\n\x07power_w\x18\t \x01(\x02\x12+\n\tprocesses\x18\n \x03(\x0b\x32\x18.torchgate.v1.GpuProcess\x12\x13\n\x0breserved_mb\x18\x0b \x01(\x04\"\xa6\x01\n\tGpuStatus\x12\x16\n\x0e\x63uda_available\x18\x01 \x01(\x08\x12\x16\n\x0e\x64river_version\x18\x02 \x01(\t\x12\x1c\n\x14\x63uda_runtime_version\x18\x03 \x01(\t\x12\x14\n\x0c\x64\x65vice_count\x18\x04 \x01(\r\x12%\n\x07\x64\x65vices\x18\x05 \x03(\x0b\x32\x14.torchgate.v1.Device\x12\x0e\n\x06source\x18\x06 \x01(\t\"<\n\x13ListDevicesResponse\x12%\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x14.torchgate.v1.Device\"p\n\x0eReserveRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x13\n\x06\x64\x65vice\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x11\n\tmemory_mb\x18\x03 \x01(\x04\x12\r\n\x05ttl_s\x18\x04 \x01(\r\x12\x0b\n\x03pid\x18\x05 \x01(\rB\t\n\x07_device\"s\n\x05Lease\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\r\x12\x11\n\tmemory_mb\x18\x03 \x01(\x04\x12\x0f\n\x07service\x18\x04 \x01(\t\x12\x17\n\x0f\x65xpires_at_unix\x18\x05 \x01(\x01\x12\x0b\n\x03pid\x18\x06 \x01(\r\"\"\n\x0eReleaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\"\x11\n\x0fReleaseResponse\"\x10\n\x0eGpuInfoRequest\"^\n\x07GpuInfo\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x1b\n\x13\x64\x65\x66\x61ult_lease_ttl_s\x18\x03 \x01(\r\x12\x15\n\ractive_leases\x18\x04 \x01(\r2\xac\x03\n\nGpuService\x12\x44\n\tGetStatus\x12\x1e.torchgate.v1.GetStatusRequest\x1a\x17.torchgate.v1.GpuStatus\x12R\n\x0bListDevices\x12 .torchgate.v1.ListDevicesRequest\x1a!.torchgate.v1.ListDevicesResponse\x12\x41\n\tGetDevice\x12\x1e.torchgate.v1.GetDeviceRequest\x1a\x14.torchgate.v1.Device\x12<\n\x07Reserve\x12\x1c.torchgate.v1.ReserveRequest\x1a\x13.torchgate.v1.Lease\x12\x46\n\x07Release\x12\x1c.torchgate.v1.ReleaseRequest\x1a\x1d.torchgate.v1.ReleaseResponse\x12;\n\x04Info\x12\x1c.torchgate.v1.GpuInfoRequest\x1a\x15.torchgate.v1.GpuInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,17 +46,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTDEVICESRESPONSE']._serialized_start=599
   _globals['_LISTDEVICESRESPONSE']._serialized_end=659
   _globals['_RESERVEREQUEST']._serialized_start=661
-  _globals['_RESERVEREQUEST']._serialized_end=760
-  _globals['_LEASE']._serialized_start=762
-  _globals['_LEASE']._serialized_end=864
-  _globals['_RELEASEREQUEST']._serialized_start=866
-  _globals['_RELEASEREQUEST']._serialized_end=900
-  _globals['_RELEASERESPONSE']._serialized_start=902
-  _globals['_RELEASERESPONSE']._serialized_end=919
-  _globals['_GPUINFOREQUEST']._serialized_start=921
-  _globals['_GPUINFOREQUEST']._serialized_end=937
-  _globals['_GPUINFO']._serialized_start=939
-  _globals['_GPUINFO']._serialized_end=1033
-  _globals['_GPUSERVICE']._serialized_start=1036
-  _globals['_GPUSERVICE']._serialized_end=1464
+  _globals['_RESERVEREQUEST']._serialized_end=773
+  _globals['_LEASE']._serialized_start=775
+  _globals['_LEASE']._serialized_end=890
+  _globals['_RELEASEREQUEST']._serialized_start=892
+  _globals['_RELEASEREQUEST']._serialized_end=926
+  _globals['_RELEASERESPONSE']._serialized_start=928
+  _globals['_RELEASERESPONSE']._serialized_end=945
+  _globals['_GPUINFOREQUEST']._serialized_start=947
+  _globals['_GPUINFOREQUEST']._serialized_end=963
+  _globals['_GPUINFO']._serialized_start=965
+  _globals['_GPUINFO']._serialized_end=1059
+  _globals['_GPUSERVICE']._serialized_start=1062
+  _globals['_GPUSERVICE']._serialized_end=1490
 # @@protoc_insertion_point(module_scope)

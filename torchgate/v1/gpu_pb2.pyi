@@ -77,30 +77,34 @@ class ListDevicesResponse(_message.Message):
     def __init__(self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ...) -> None: ...
 
 class ReserveRequest(_message.Message):
-    __slots__ = ("service", "device", "memory_mb", "ttl_s")
+    __slots__ = ("service", "device", "memory_mb", "ttl_s", "pid")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
     TTL_S_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
     service: str
     device: int
     memory_mb: int
     ttl_s: int
-    def __init__(self, service: _Optional[str] = ..., device: _Optional[int] = ..., memory_mb: _Optional[int] = ..., ttl_s: _Optional[int] = ...) -> None: ...
+    pid: int
+    def __init__(self, service: _Optional[str] = ..., device: _Optional[int] = ..., memory_mb: _Optional[int] = ..., ttl_s: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
 
 class Lease(_message.Message):
-    __slots__ = ("lease_id", "device", "memory_mb", "service", "expires_at_unix")
+    __slots__ = ("lease_id", "device", "memory_mb", "service", "expires_at_unix", "pid")
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_UNIX_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
     lease_id: str
     device: int
     memory_mb: int
     service: str
     expires_at_unix: float
-    def __init__(self, lease_id: _Optional[str] = ..., device: _Optional[int] = ..., memory_mb: _Optional[int] = ..., service: _Optional[str] = ..., expires_at_unix: _Optional[float] = ...) -> None: ...
+    pid: int
+    def __init__(self, lease_id: _Optional[str] = ..., device: _Optional[int] = ..., memory_mb: _Optional[int] = ..., service: _Optional[str] = ..., expires_at_unix: _Optional[float] = ..., pid: _Optional[int] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
     __slots__ = ("lease_id",)
