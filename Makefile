@@ -37,9 +37,15 @@ stop:
 health:
 	scripts/health.sh
 
+# Offline checks of the deployment files too: Kubernetes schemas (kubernetes-validate), Dockerfiles (hadolint),
+# the compose file (Debian's docker-compose).
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/kubernetes-validate --strict --quiet $(filter-out %/kustomization.yaml,$(wildcard ops/docker/k8s/*.yaml))
+	$(BIN)/hadolint ops/docker/Dockerfile.*
+	command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null)
+	docker-compose -f ops/docker/docker-compose.yml config -q
 
 test: $(INSTALLED) lint test-gateway-isolated
 	$(BIN)/python -m pytest

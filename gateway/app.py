@@ -31,6 +31,9 @@ from torchgate.v1 import (
 
 log = logging.getLogger(__name__)
 
+# On SIGTERM, how long in-flight requests may take before uvicorn closes their connections.
+GRACEFUL_SHUTDOWN_S = 10
+
 # name -> (gRPC service, stub class); every upstream is built the same way from its settings.
 UPSTREAMS = {
     "gpu": (gpu_pb2.DESCRIPTOR.services_by_name["GpuService"].full_name, gpu_pb2_grpc.GpuServiceStub),
@@ -123,7 +126,7 @@ def main() -> None:
     configure_logging(settings.log_level, settings.log_format)
     config = uvicorn.Config("gateway.app:create_app", factory=True, host=settings.host, port=settings.port,
                             workers=settings.workers, loop="uvloop", http="httptools",
-                            log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=10)
+                            log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     sock = config.bind_socket()
     if settings.port_file:
         announce_port(settings.port_file, sock.getsockname()[1])

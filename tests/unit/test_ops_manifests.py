@@ -4,6 +4,7 @@ from pathlib import Path
 
 import yaml
 
+from gateway.app import GRACEFUL_SHUTDOWN_S
 from services.classifier.settings import ClassifierSettings
 from services.embedding.settings import EmbeddingSettings
 from services.gpu.settings import GpuSettings
@@ -33,7 +34,7 @@ def test_compose_healthchecks_probe_each_workers_service_on_its_port():
 
 def test_kubernetes_workers_use_native_grpc_probes_and_headless_services():
     documents = list(yaml.safe_load_all((OPS / "k8s" / "workers.yaml").read_text()))
-    deployments = {d["metadata"]["name"]: d for d in documents if d["kind"] == "Deployment"}
+    deployments = {d["metadata"]["name"]: d for d in documents if d["kind"] in ("Deployment", "DaemonSet")}
     services = {d["metadata"]["name"]: d for d in documents if d["kind"] == "Service"}
     for name, (settings_class, service) in WORKERS.items():
         container = deployments[name]["spec"]["template"]["spec"]["containers"][0]
@@ -50,3 +51,55 @@ def test_the_gateway_manifest_points_at_every_worker_service():
     for name, (settings_class, _) in WORKERS.items():
         assert env[f"TORCHGATE_GATEWAY_{name.upper()}__ADDRESSES"] == (
             f"{name}.torchgate.svc.cluster.local:{default_port(settings_class)}")
+
+
+def k8s_documents() -> list[dict]:
+    return [document for path in sorted((OPS / "k8s").glob("*.yaml")) if path.name != "kustomization.yaml"
+            for document in yaml.safe_load_all(path.read_text())]
+
+
+def workloads() -> list[dict]:
+    return [d for d in k8s_documents() if d["kind"] in ("Deployment", "DaemonSet")]
+
+
+def test_every_container_is_hardened_and_writes_only_to_volumes():
+    for workload in workloads():
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["automountServiceAccountToken"] is False
+        volumes = {volume["name"] for volume in pod["volumes"]}
+        for container in pod["containers"]:
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, container["name"]
+            assert context["readOnlyRootFilesystem"] is True, container["name"]
+            assert context["capabilities"] == {"drop": ["ALL"]}, container["name"]
+            mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+            assert mounts.get("/tmp") in volumes, f"{container['name']} has no writable /tmp"
+
+
+def test_termination_grace_covers_the_pre_stop_pause_and_the_drain():
+    for workload in workloads():
+        pod = workload["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        pause = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+        env = {item["name"]: item.get("value") for item in container.get("env", [])}
+        name = workload["metadata"]["name"]
+        if name == "gateway":
+            drain = GRACEFUL_SHUTDOWN_S
+        else:
+            settings_class = WORKERS[name][0]
+            drain = float(env.get(f"TORCHGATE_{name.upper()}_GRACE_PERIOD_S",
+                                  settings_class.model_fields["grace_period_s"].default))
+        assert pod["terminationGracePeriodSeconds"] >= pause + drain + 5, name
+
+
+def test_every_deployment_has_a_disruption_budget_and_the_gpu_worker_claims_no_gpu():
+    budgets = {d["spec"]["selector"]["matchLabels"]["app"] for d in k8s_documents()
+               if d["kind"] == "PodDisruptionBudget"}
+    deployments = {d["metadata"]["name"] for d in workloads() if d["kind"] == "Deployment"}
+    assert deployments <= budgets
+    gpu = next(d for d in workloads() if d["metadata"]["name"] == "gpu")
+    (container,) = gpu["spec"]["template"]["spec"]["containers"]
+    assert "nvidia.com/gpu" not in str(container["resources"])
+    assert {"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"} in container["env"]
