@@ -126,7 +126,8 @@ def main() -> None:
     configure_logging(settings.log_level, settings.log_format)
     config = uvicorn.Config("gateway.app:create_app", factory=True, host=settings.host, port=settings.port,
                             workers=settings.workers, loop="uvloop", http="httptools",
-                            log_level=settings.log_level.lower(), access_log=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+                            log_level=settings.log_level.lower(), access_log=False,
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     sock = config.bind_socket()
     if settings.port_file:
         announce_port(settings.port_file, sock.getsockname()[1])
