@@ -2,6 +2,8 @@
 
 import ipaddress
 import logging
+import os
+import tempfile
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
@@ -10,13 +12,14 @@ from fastapi.security import HTTPBearer
 from gateway.config import GatewaySettings
 from gateway.contract import publish_limits
 from gateway.errors import install_error_handlers
+from gateway.metrics import MULTIPROCESS_DIR, forget_this_process
 from gateway.middleware import EdgeMiddleware
 from gateway.routes import classify, embeddings, gpu, health, models, rerank
 from gateway.upstream import Upstream
 from torchgate import __version__
 from torchgate.logs import configure_logging
 from torchgate.ports import announce_port
-from torchgate.telemetry import configure_tracing
+from torchgate.telemetry import configure_tracing, grpc_filter
 from torchgate.tls import channel_credentials
 from torchgate.v1 import (
     classifier_pb2,
@@ -48,9 +51,10 @@ UPSTREAMS = {
 
 # Routers behind the API key (health and metrics stay open for probes and scrapers).
 API_ROUTERS = (embeddings.router, rerank.router, classify.router, gpu.router, models.router)
+# Probes and scrapers: neither traced nor access-logged (they would drown the requests that matter).
+PROBE_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})
 # Paths the API key never guards: probes, scrapers and the API's own documentation.
-OPEN_PATHS = frozenset({"/health/live", "/health/ready", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc",
-                        "/openapi.json"})
+OPEN_PATHS = PROBE_PATHS | {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
 
 
 def _is_loopback(host: str) -> bool:
@@ -71,7 +75,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         if tracing:
             from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-            interceptors = aio_client_interceptors()
+            interceptors = aio_client_interceptors(filter_=grpc_filter())
         credentials = (channel_credentials(settings.tls_ca, settings.tls_cert, settings.tls_key)
                        if settings.tls_ca else None)
         app.state.upstreams = {
@@ -85,6 +89,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         yield
         for client in app.state.upstreams.values():
             await client.close()
+        forget_this_process()
 
     app = FastAPI(title="Torchgate", version=__version__, lifespan=lifespan,
                   description="Embeddings, reranking and intent classification over a gRPC mesh of model workers.")
@@ -101,7 +106,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(health.router)
     routes = frozenset(route.path for router in (*API_ROUTERS, health.router) for route in router.routes)
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes, routes=routes, api_keys=api_keys,
-                       open_paths=OPEN_PATHS)
+                       open_paths=OPEN_PATHS, quiet_paths=PROBE_PATHS)
     static_openapi = app.openapi
 
     def openapi() -> dict:
@@ -113,7 +118,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     if tracing:
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-        FastAPIInstrumentor.instrument_app(app)
+        FastAPIInstrumentor.instrument_app(app, excluded_urls=",".join(PROBE_PATHS), exclude_spans=["receive", "send"])
     return app
 
 
@@ -132,7 +137,9 @@ def main() -> None:
     if settings.port_file:
         announce_port(settings.port_file, sock.getsockname()[1])
     if config.workers > 1:
-        Multiprocess(config, sockets=[sock]).run()
+        with tempfile.TemporaryDirectory(prefix="torchgate-metrics-") as metrics_dir:
+            os.environ.setdefault(MULTIPROCESS_DIR, metrics_dir)
+            Multiprocess(config, sockets=[sock]).run()
         return
     server = uvicorn.Server(config)
     server.run(sockets=[sock])

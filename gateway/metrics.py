@@ -1,6 +1,14 @@
-"""Prometheus metrics of the gateway."""
+"""Prometheus metrics of the gateway; with several gateway processes, one exposition summed over all of them.
 
-from prometheus_client import Counter, Gauge, Histogram
+Several processes (TORCHGATE_GATEWAY_WORKERS > 1) share PROMETHEUS_MULTIPROC_DIR, where prometheus_client
+keeps each process's values; a scrape answered by any process then reads them all.
+"""
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 HTTP_REQUESTS = Counter("torchgate_gateway_requests_total", "REST requests by route and status", ["route", "status"])
 HTTP_SECONDS = Histogram(
@@ -9,5 +17,21 @@ HTTP_SECONDS = Histogram(
 )
 UPSTREAM_CALLS = Counter("torchgate_gateway_upstream_calls_total", "gRPC calls by upstream and outcome",
                          ["upstream", "code"])
+# Across processes the worst state counts: one process with an open breaker is an open breaker.
 BREAKER_STATE = Gauge("torchgate_gateway_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open",
-                      ["upstream"])
+                      ["upstream"], multiprocess_mode="livemax")
+
+
+def exposition() -> bytes:
+    """The text exposition of this process, or of every gateway process in multiprocess mode."""
+    if MULTIPROCESS_DIR not in os.environ:
+        return generate_latest()
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry)
+
+
+def forget_this_process() -> None:
+    """On a clean exit, drop this process's live gauges from the shared directory."""
+    if MULTIPROCESS_DIR in os.environ:
+        multiprocess.mark_process_dead(os.getpid())

@@ -1,18 +1,26 @@
 """The HTTP edge as one pure-ASGI middleware, in front of everything a request costs.
 
-In order: header size (431), API key (401, before a byte of the body is read), body size counted as the
+Every request gets an id first: the client's X-Request-ID when it is plain and short, else a fresh one; it is
+returned on every response, sent to the worker and named in every log line about the request. In order:
+header size (431), API key (401, before a byte of the body is read), body size counted as the
 bytes arrive, chunked uploads included (413, memory bounded by the cap), content type (415). The route
 then runs while the middleware listens for the client going away: a disconnect cancels the route, and
-with it the gRPC call, so the worker drops that request's queued work. Request metrics are counted here.
+with it the gRPC call, so the worker drops that request's queued work. Request metrics and the access log line
+are written here.
 """
 
 import asyncio
 import contextlib
 import hmac
+import logging
 import time
 
 from gateway.errors import ApiError
 from gateway.metrics import HTTP_REQUESTS, HTTP_SECONDS
+from torchgate.telemetry import REQUEST_ID_HEADER, accepted_request_id, request_id
+
+access_log = logging.getLogger("torchgate.access")
+_REQUEST_ID_HEADER = REQUEST_ID_HEADER.encode()
 
 MAX_HEADER_BYTES = 16 * 1024
 # Nginx's name for "the client closed the connection before the answer"; only ever a metric label.
@@ -27,8 +35,9 @@ def _is_json(content_type: bytes) -> bool:
 
 class EdgeMiddleware:
     def __init__(self, app, max_body_bytes: int, routes: frozenset[str], api_keys: tuple[bytes, ...],
-                 open_paths: frozenset[str]):
+                 open_paths: frozenset[str], quiet_paths: frozenset[str] = frozenset()):
         self.app = app
+        self.quiet_paths = quiet_paths
         self.max_body_bytes = max_body_bytes
         self.routes = routes
         self.api_keys = api_keys
@@ -40,10 +49,14 @@ class EdgeMiddleware:
         started = time.perf_counter()
         status = [CLIENT_CLOSED]
         response_done = asyncio.Event()
+        offered = next((value for name, value in scope["headers"] if name == _REQUEST_ID_HEADER), b"")
+        rid = accepted_request_id(offered.decode("latin-1"))
+        request_id.set(rid)
 
         async def send_observed(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), (_REQUEST_ID_HEADER, rid.encode())]}
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 response_done.set()
             await send(message)
@@ -58,8 +71,13 @@ class EdgeMiddleware:
         if refusal is not None:
             await refusal.response()(scope, receive, send_observed)
         route = scope["path"] if scope["path"] in self.routes else "other"
+        elapsed = time.perf_counter() - started
         HTTP_REQUESTS.labels(route, str(status[0])).inc()
-        HTTP_SECONDS.labels(route).observe(time.perf_counter() - started)
+        HTTP_SECONDS.labels(route).observe(elapsed)
+        if scope["path"] not in self.quiet_paths:
+            access_log.info("%s %s -> %d in %.1f ms", scope["method"], route, status[0], elapsed * 1000,
+                            extra={"method": scope["method"], "route": route, "status": status[0],
+                                   "duration_ms": round(elapsed * 1000, 2)})
 
     def _refusal(self, scope) -> ApiError | None:
         """What can be refused from the request line and headers alone."""

@@ -20,6 +20,7 @@ from gateway.config import UpstreamSettings
 from gateway.contract import Limits
 from gateway.errors import ApiError, error_from_grpc
 from gateway.metrics import BREAKER_STATE, UPSTREAM_CALLS
+from torchgate.telemetry import REQUEST_ID_HEADER, request_id
 from torchgate.v1 import common_pb2
 
 log = logging.getLogger(__name__)
@@ -237,7 +238,8 @@ class Upstream:
         try:
             with self.breaker.calling():
                 try:
-                    reply = await getattr(self.stub, method)(request, timeout=timeout)
+                    reply = await getattr(self.stub, method)(request, timeout=timeout,
+                                                             metadata=((REQUEST_ID_HEADER, request_id.get()),))
                 except grpc.aio.AioRpcError as error:
                     if self.is_upstream_fault(error, timeout):
                         raise

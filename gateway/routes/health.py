@@ -3,9 +3,10 @@
 import asyncio
 
 from fastapi import APIRouter, Request
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import PlainTextResponse
 
+from gateway.metrics import exposition
 from gateway.responses import JSONResponse
 
 router = APIRouter()
@@ -34,4 +35,4 @@ async def ready(request: Request):
 
 @router.get("/metrics", response_class=PlainTextResponse)
 async def metrics():
-    return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return PlainTextResponse(exposition(), media_type=CONTENT_TYPE_LATEST)

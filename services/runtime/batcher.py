@@ -19,7 +19,7 @@ import itertools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from services.runtime.adapter import ModelAdapter, Prepared
@@ -39,6 +39,18 @@ class BatchingConfig:
     max_queue_items: int = 4096
 
 
+@dataclass(frozen=True)
+class BatchRecord:
+    """One forward pass that served (part of) a request, on the wall clock in nanoseconds (for trace spans)."""
+
+    batch_id: int
+    started_ns: int
+    ended_ns: int
+    size: int  # inputs in the batch, all requests together
+    tokens: int  # what the batch cost the model: summed tokens when packed, else padded
+    inputs: int  # this request's inputs in it
+
+
 @dataclass
 class BatchOutcome:
     """One request's results, in input order, with its token counts and where its time went."""
@@ -47,11 +59,13 @@ class BatchOutcome:
     token_counts: list[int]
     queue_ms: float
     inference_ms: float
+    enqueued_ns: int = 0
+    batches: list[BatchRecord] = field(default_factory=list)
 
 
 class _Request:
     __slots__ = ("future", "results", "token_counts", "remaining", "deadline", "seq", "enqueued_at",
-                 "scheduled_at", "scheduled", "inference_s")
+                 "enqueued_ns", "scheduled_at", "scheduled", "inference_s", "batches")
 
     def __init__(self, future: asyncio.Future, size: int, deadline: float | None, seq: int):
         self.future = future
@@ -61,9 +75,11 @@ class _Request:
         self.deadline = deadline
         self.seq = seq
         self.enqueued_at = time.monotonic()
+        self.enqueued_ns = time.time_ns()
         self.scheduled_at: float | None = None
         self.scheduled = 0
         self.inference_s = 0.0
+        self.batches: list[BatchRecord] = []
 
     def fail(self, error: BaseException) -> None:
         if not self.future.done():
@@ -75,6 +91,8 @@ class _Request:
             token_counts=self.token_counts,
             queue_ms=((self.scheduled_at or self.enqueued_at) - self.enqueued_at) * 1000,
             inference_ms=self.inference_s * 1000,
+            enqueued_ns=self.enqueued_ns,
+            batches=self.batches,
         )
 
 
@@ -84,6 +102,15 @@ class _Item:
     index: int
     payload: Any
     tokens: int
+
+
+@dataclass(slots=True)
+class _Batch:
+    items: list[_Item]
+    tokens: int
+    batch_id: int
+    started: float  # perf_counter
+    started_ns: int  # wall clock
 
 
 class DynamicBatcher:
@@ -96,6 +123,7 @@ class DynamicBatcher:
         self._pending: list[_Item] = []
         self._in_flight = 0
         self._seq = itertools.count()
+        self._batch_ids = itertools.count(1)
         self._accepting = False
         self._tasks: list[asyncio.Task] = []
         self._device_pool = ThreadPoolExecutor(1, thread_name_prefix="device")
@@ -144,28 +172,28 @@ class DynamicBatcher:
             await self._wait_for_items()
             running = self._launch()
             while running is not None:
-                items, started, work = running
+                batch, work = running
                 try:
                     outcome = await work
                 except Exception:
-                    log.exception("a batch of %d inputs failed", len(items))
+                    log.exception("a batch of %d inputs failed", len(batch.items))
                     outcome = None
                 # The next batch starts before this one's callers are answered, so the device never
                 # waits for the event loop to send replies.
                 self._drop_dead_items()
                 running = self._launch() if self._pending else None
                 if outcome is None:
-                    self._fail_batch(items)
+                    self._fail_batch(batch.items)
                 else:
-                    self._deliver(items, *outcome, started)
+                    self._deliver(batch, *outcome)
                 self._in_flight -= 1
 
-    def _launch(self) -> tuple[list[_Item], float, asyncio.Future]:
+    def _launch(self) -> tuple[_Batch, asyncio.Future]:
         """Take the next batch and start tokenizing and running it on the device thread."""
-        items = self._take_batch()
+        items, tokens = self._take_batch()
         payloads = [item.payload for item in items]
-        work = asyncio.get_running_loop().run_in_executor(self._device_pool, self._run_model, payloads)
-        return items, time.perf_counter(), work
+        batch = _Batch(items, tokens, next(self._batch_ids), time.perf_counter(), time.time_ns())
+        return batch, asyncio.get_running_loop().run_in_executor(self._device_pool, self._run_model, payloads)
 
     def _run_model(self, payloads: list[Any]) -> tuple[Prepared, list[Any]]:
         prepared = self.adapter.preprocess(payloads)
@@ -198,8 +226,9 @@ class DynamicBatcher:
             self._pending = [item for item in self._pending if not item.request.future.done()]
             self.metrics.queue_depth.set(len(self._pending))
 
-    def _take_batch(self) -> list[_Item]:
-        """Remove and return the next batch (queue not empty): anchored on the least-served request."""
+    def _take_batch(self) -> tuple[list[_Item], int]:
+        """Remove and return the next batch (queue not empty), anchored on the least-served request, and its
+        cost in tokens."""
         pending = self._pending
         anchor = min(range(len(pending)), key=lambda i: (pending[i].request.scheduled, pending[i].request.seq))
         order = sorted(range(len(pending)), key=lambda i: pending[i].tokens)
@@ -229,25 +258,30 @@ class DynamicBatcher:
             request.scheduled += 1
         self._in_flight += 1
         self.metrics.queue_depth.set(len(self._pending))
+        cost = self._cost(longest, total, count)
         self.metrics.batch_size.observe(len(items))
-        self.metrics.batch_tokens.observe(self._cost(longest, total, count))
-        return items
+        self.metrics.batch_tokens.observe(cost)
+        return items, cost
 
     def _cost(self, longest: int, total: int, count: int) -> int:
         """Tokens a batch costs the model: summed when the adapter packs inputs, else padded."""
         return total if self.adapter.packs_sequences else longest * count
 
-    def _deliver(self, items: list[_Item], prepared: Prepared, results: list[Any], started: float) -> None:
-        elapsed = time.perf_counter() - started
+    def _deliver(self, batch: _Batch, prepared: Prepared, results: list[Any]) -> None:
+        elapsed = time.perf_counter() - batch.started
+        ended_ns = time.time_ns()
         self.metrics.inference_seconds.observe(elapsed)
-        charged: set[int] = set()
-        for item, result, tokens in zip(items, results, prepared.token_counts, strict=True):
+        inputs: dict[int, int] = {}
+        for item in batch.items:
+            inputs[id(item.request)] = inputs.get(id(item.request), 0) + 1
+        for item, result, tokens in zip(batch.items, results, prepared.token_counts, strict=True):
             request = item.request
             if request.future.done():
                 continue
-            if id(request) not in charged:
+            if id(request) in inputs:
                 request.inference_s += elapsed
-                charged.add(id(request))
+                request.batches.append(BatchRecord(batch.batch_id, batch.started_ns, ended_ns, len(batch.items),
+                                                   batch.tokens, inputs.pop(id(request))))
             request.results[item.index] = result
             request.token_counts[item.index] = tokens
             request.remaining -= 1

@@ -51,6 +51,10 @@ class WorkerSettings(BaseSettings):
     tls_client_ca: str = Field("", validation_alias=AliasChoices("TORCHGATE_TLS_CLIENT_CA", "tls_client_ca"),
                                description="CA (PEM) that signs client certificates; set for mTLS.")
 
+    def service_name(self) -> str:
+        """`torchgate-<worker>`: the name in traces (from the env prefix, TORCHGATE_EMBEDDING_ -> embedding)."""
+        return "torchgate-" + self.model_config["env_prefix"].removeprefix("TORCHGATE_").strip("_").lower()
+
     def connection_options(self) -> list[tuple[str, int]]:
         """gRPC server options that age connections out (none when max_connection_age_s is 0)."""
         if not self.max_connection_age_s:

@@ -1,4 +1,5 @@
-"""Server interceptors: domain errors to status codes, request metrics and access logs, in one place."""
+"""Server interceptors: domain errors to status codes, request metrics, the request id and access logs, in one
+place."""
 
 import asyncio
 import logging
@@ -9,6 +10,7 @@ from google.protobuf.message import DecodeError
 
 from services.runtime.errors import InvalidInput, WorkerError
 from services.runtime.metrics import IN_FLIGHT, REQUEST_SECONDS, REQUESTS
+from torchgate.telemetry import REQUEST_ID_HEADER, accepted_request_id, request_id
 
 log = logging.getLogger("torchgate.access")
 
@@ -37,6 +39,9 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         async def behaviour(raw: bytes, context: grpc.aio.ServicerContext):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
+            offered = next((value for key, value in context.invocation_metadata() or () if key == REQUEST_ID_HEADER),
+                           None)
+            request_id.set(accepted_request_id(offered))
             in_flight.inc()
             try:
                 try:
@@ -64,8 +69,8 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                 elapsed = time.perf_counter() - started
                 REQUESTS.labels(method, code.name).inc()
                 REQUEST_SECONDS.labels(method).observe(elapsed)
-                if code is not grpc.StatusCode.OK:
-                    log.info("rpc %s -> %s in %.1f ms", method, code.name, elapsed * 1000)
+                log.log(logging.DEBUG if code is grpc.StatusCode.OK else logging.INFO, "rpc %s -> %s in %.1f ms",
+                        method, code.name, elapsed * 1000)
 
         return grpc.unary_unary_rpc_method_handler(
             behaviour,

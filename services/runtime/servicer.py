@@ -13,6 +13,7 @@ from services.runtime.batcher import BatchingConfig, BatchOutcome, DynamicBatche
 from services.runtime.config import ModelWorkerSettings
 from services.runtime.errors import Unavailable
 from services.runtime.metrics import BatcherMetrics
+from services.runtime.tracing import record_batching
 from torchgate import __version__
 from torchgate.v1 import common_pb2
 
@@ -66,11 +67,13 @@ class ModelServicer(WorkerServicer):
         return self.model
 
     async def run_batched(self, items: list[Any], context: grpc.aio.ServicerContext) -> BatchOutcome:
-        """Send items through the batcher, honouring the caller's deadline."""
-        self.ready_model()
+        """Send items through the batcher, honouring the caller's deadline; traces the queue and the batches."""
+        model = self.ready_model()
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
-        return await self.batcher.submit(items, deadline)
+        outcome = await self.batcher.submit(items, deadline)
+        record_batching(outcome, model)
+        return outcome
 
     async def Info(self, request, context) -> common_pb2.ModelInfo:
         model, s = self.ready_model(), self.settings

@@ -22,7 +22,7 @@ from services.runtime.interceptors import StatusInterceptor
 from services.runtime.servicer import WorkerServicer
 from torchgate.logs import configure_logging
 from torchgate.ports import announce_port
-from torchgate.telemetry import configure_tracing
+from torchgate.telemetry import configure_tracing, grpc_filter
 from torchgate.tls import server_credentials
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class Worker:
         if tracing:
             from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-            interceptors.insert(0, aio_server_interceptor())
+            interceptors.insert(0, aio_server_interceptor(filter_=grpc_filter()))
         self.server = grpc.aio.server(
             interceptors=interceptors,
             options=[*SERVER_OPTIONS, *settings.connection_options(),
@@ -117,7 +117,9 @@ def run_worker(build: Callable[[S], WorkerServicer], settings_class: type[S]) ->
     # Weights come from disk only; a hub lookup would hang or fail without the network.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     require_gpu_or_exit(settings.require_gpu)
-    tracing = configure_tracing(settings_class.__name__, settings.otlp_endpoint)
+    model = getattr(settings, "model", "")
+    tracing = configure_tracing(settings.service_name(), settings.otlp_endpoint,
+                                **({"torchgate.model": model} if model else {}))
     try:
         servicer = build(settings)
     except (ModelNotFound, DeviceError) as error:

@@ -56,16 +56,16 @@ class Service:
             self.process.wait(10)
 
 
-def start_embedding_worker(log_dir: Path, port: int = 0, host: str = "127.0.0.1",
+def start_embedding_worker(log_dir: Path, port: int = 0, host: str = "127.0.0.1", env: dict[str, str] | None = None,
                            **settings: str) -> tuple[Service, int]:
-    """An embedding worker on `host`:`port` (0: a free one), and the port it bound."""
+    """An embedding worker on `host`:`port` (0: a free one), and the port it bound; `env` adds variables."""
     name = f"embedding-{next(_started)}"
     port_file = log_dir / f"{name}.port"
     env = {"TORCHGATE_EMBEDDING_HOST": host, "TORCHGATE_EMBEDDING_PORT": str(port),
            "TORCHGATE_EMBEDDING_PORT_FILE": str(port_file),
            "TORCHGATE_EMBEDDING_METRICS_PORT": "0", "TORCHGATE_LOG_FORMAT": "text",
            "TORCHGATE_EMBEDDING_GRACE_PERIOD_S": "10", "TORCHGATE_EMBEDDING_DEVICE": "cpu",
-           **{f"TORCHGATE_EMBEDDING_{k.upper()}": v for k, v in settings.items()}}
+           **{f"TORCHGATE_EMBEDDING_{k.upper()}": v for k, v in settings.items()}, **(env or {})}
     service = Service("services.embedding", env, log_dir / f"{name}.log", port_file)
     return service, service.bound_port()
 

@@ -34,6 +34,9 @@ async def test_a_not_serving_replica_gets_no_calls_and_serving_again_closes_the_
         upstream = client.app.state.upstreams["embedding"]
         assert (await client.post("/v1/embeddings", json={"input": "warm"})).status_code == 200
         await set_health(fake_embedding_worker, NOT_SERVING)
+        async with asyncio.timeout(5):
+            while (await client.post("/v1/embeddings", json={"input": "racing the news"})).status_code != 503:
+                pass  # calls sent before the channel heard NOT_SERVING may still be served
         forwarded = len(adapter.forwarded)
         async with asyncio.timeout(5):
             while upstream.breaker.current_state != "open":

@@ -1,12 +1,14 @@
 """The gateway's promises that a one-line change could silently break: each has a test that fails then."""
 
 import asyncio
+import logging
 
 import grpc
 import pytest
 
 from gateway.errors import error_from_grpc
 from tests.unit.gateway.conftest import gateway_client, unused_address
+from torchgate.telemetry import request_id
 
 
 async def test_the_bulkhead_answers_429_beyond_max_concurrency(fake_embedding_worker):
@@ -62,9 +64,9 @@ async def test_the_deadline_is_the_bodys_then_the_headers_then_the_default(fake_
         seen = []
         real_embed = upstream.stub.Embed
 
-        async def recording_embed(request, timeout):
+        async def recording_embed(request, timeout, **options):
             seen.append(timeout)
-            return await real_embed(request, timeout=timeout)
+            return await real_embed(request, timeout=timeout, **options)
 
         upstream.stub.Embed = recording_embed
         body = {"input": "x"} | ({"timeout": body_timeout} if body_timeout else {})
@@ -118,3 +120,30 @@ async def test_the_schema_publishes_the_workers_own_limits(fake_embedding_worker
     array = next(branch for branch in properties["input"]["anyOf"] if branch["type"] == "array")
     assert array["maxItems"] == 16 and array["items"]["maxLength"] == 16384
     assert properties["dimensions"]["maximum"] == 8
+
+
+async def test_every_response_carries_the_request_id_and_the_worker_logs_it(fake_embedding_worker):
+    worker_lines = []
+
+    class WorkerAccessLog(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("rpc "):
+                worker_lines.append(request_id.get())
+
+    access = logging.getLogger("torchgate.access")
+    handler, level = WorkerAccessLog(), access.level
+    access.addHandler(handler)
+    access.setLevel(logging.DEBUG)
+    try:
+        async with gateway_client(f"127.0.0.1:{fake_embedding_worker.port}", api_keys="k") as client:
+            served = await client.post("/v1/embeddings", json={"input": "x"},
+                                       headers={"X-Request-ID": "abc-1", "Authorization": "Bearer k"})
+            refused = await client.post("/v1/embeddings", json={"input": "x"}, headers={"X-Request-ID": "abc-2"})
+            probe = await client.get("/health/live")
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(level)
+    assert served.status_code == 200 and served.headers["X-Request-ID"] == "abc-1"
+    assert refused.status_code == 401 and refused.headers["X-Request-ID"] == "abc-2"
+    assert len(probe.headers["X-Request-ID"]) == 32
+    assert "abc-1" in worker_lines, worker_lines
