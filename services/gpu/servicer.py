@@ -4,6 +4,7 @@ import asyncio
 import time
 
 from services.gpu.ledger import Ledger
+from services.gpu.metrics import GPU_METRICS
 from services.gpu.readings import DeviceReading, Readings, open_readings
 from services.gpu.settings import GpuSettings
 from services.runtime.errors import InvalidInput, NotFound, Unavailable
@@ -30,6 +31,7 @@ class GpuServicer(WorkerServicer, gpu_pb2_grpc.GpuServiceServicer):
 
     async def load(self) -> None:
         self.readings = await asyncio.to_thread(open_readings)
+        GPU_METRICS.observe(self.readings, self.ledger)
 
     def _ready(self) -> Readings:
         if self.readings is None:

@@ -67,6 +67,7 @@ def test_one_rest_request_is_one_trace_from_the_gateway_down_to_its_batch(traced
     assert batch.attributes["resource.torchgate.model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert batch.attributes["resource.service.version"]
 
+    print_tree(tree, roots[0])
     probes = [(s.service, s.name) for s in spans if "health" in s.name.lower() or "metrics" in s.name]
     assert probes == [], "health probes and scrapes are not traced"
 
@@ -75,6 +76,15 @@ def test_one_rest_request_is_one_trace_from_the_gateway_down_to_its_batch(traced
         about = [line for line in log_lines(path) if line.get("request_id") == REQUEST_ID]
         assert about, f"no log line of {path.name} names the request"
         assert all(line["trace_id"] == trace_id for line in about), about
+
+
+def print_tree(tree: dict, span, depth: int = 0) -> None:
+    """The trace for the record (`pytest -s` shows it)."""
+    batch_attributes = {k.removeprefix("torchgate."): v for k, v in span.attributes.items()
+                        if k.startswith("torchgate.") and not k.startswith("torchgate.model")}
+    print(f"{span.service:21} {'  ' * depth}{span.name} {batch_attributes or ''}")
+    for child in sorted((s for s in tree.values() if s.parent_id == span.span_id), key=lambda s: s.name):
+        print_tree(tree, child, depth + 1)
 
 
 def test_request_ids_are_generated_when_missing_or_unusable(traced):

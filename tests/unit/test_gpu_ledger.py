@@ -3,6 +3,7 @@ import time
 import pytest
 
 from services.gpu.ledger import Ledger
+from services.gpu.metrics import GPU_METRICS
 from services.gpu.readings import DeviceReading, Readings
 from services.gpu.servicer import GpuServicer
 from services.gpu.settings import GpuSettings
@@ -117,3 +118,15 @@ async def test_the_servicer_counts_what_the_named_holder_allocated_once(servicer
     assert (await servicer.Reserve(gpu_pb2.ReserveRequest(service="reranking", memory_mb=4000), None)).memory_mb
     with pytest.raises(Overloaded):
         await servicer.Reserve(gpu_pb2.ReserveRequest(service="classifier", memory_mb=1), None)
+
+
+async def test_gpu_gauges_report_each_device_with_what_leases_hold_back(servicer):
+    await servicer.Reserve(gpu_pb2.ReserveRequest(service="embedding", memory_mb=4000, pid=4242), None)
+    GPU_METRICS.observe(servicer.readings, servicer.ledger)
+    samples = {family.name: {tuple(s.labels.values()): s.value for s in family.samples}
+               for family in GPU_METRICS.collect()}
+    mb = 1024 * 1024
+    assert samples["torchgate_gpu_memory_total_bytes"] == {("0", "test"): 8000 * mb}
+    assert samples["torchgate_gpu_memory_used_bytes"] == {("0", "test"): 3000 * mb}
+    assert samples["torchgate_gpu_memory_reserved_bytes"] == {("0", "test"): 1000 * mb}
+    assert samples["torchgate_gpu_utilization_ratio"] == {}, "unknown utilization is left out, not reported as 0"
