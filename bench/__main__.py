@@ -5,7 +5,8 @@ users get by default) and the best in-process run (the faster of fp32 and bf16 a
 native bf16), (2) direct
 gRPC to the worker (closed-loop Python grpc.aio client), (3) REST through the gateway (wrk, a native
 client), as items/s with p50/p99 latency and the served ratios against both ceilings; plus the dtype each
-worker chose, the gateway hop and every process's RSS.
+worker chose, the gateway hop and every process's RSS. Last, the cost of tracing: the first scenario's first
+load again on a mesh that exports every span to an OTLP/gRPC receiver in this process.
 """
 
 import argparse
@@ -24,6 +25,7 @@ from pathlib import Path
 from bench.corpus import build_corpus
 from bench.scenarios import SCENARIOS
 from services.runtime.precision import cpu_bf16_flags
+from tests.otlp import otlp_receiver
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
@@ -56,10 +58,10 @@ class Mesh:
     """The mesh on ports of its own choosing (port 0, read back from the run dir), started and stopped by the
     same scripts users run."""
 
-    def __init__(self, workers: list[str]):
+    def __init__(self, workers: list[str], **extra_env: str):
         self.run_dir = Path(tempfile.mkdtemp(prefix="torchgate-bench-"))
         self.env = {**os.environ, "TORCHGATE_RUN_DIR": str(self.run_dir), "TORCHGATE_PYTHON": sys.executable,
-                    "TORCHGATE_LOG_LEVEL": "WARNING"}
+                    "TORCHGATE_LOG_LEVEL": "WARNING", **extra_env}
         for name in [*workers, "gateway"]:
             self.env[f"TORCHGATE_{name.upper()}_PORT"] = "0"
             self.env[f"TORCHGATE_{name.upper()}_METRICS_PORT"] = "0"
@@ -103,6 +105,19 @@ def grpc_load(mesh: Mesh, name: str, concurrency: int, per_call: int, seconds: f
                      str(seconds), str(warmup)])
 
 
+def tracing_cost(row: dict, seconds: float, warmup: float) -> dict:
+    """One load through the gateway with every span exported over OTLP/gRPC, against the same load untraced."""
+    scenario = SCENARIOS[row["scenario"]]
+    with otlp_receiver() as (receiver, port), Mesh([scenario.worker],
+                                                   TORCHGATE_OTLP_ENDPOINT=f"http://127.0.0.1:{port}") as mesh:
+        traced = rest_load(mesh, scenario, row["concurrency"], row["per_call"], seconds, warmup)
+        time.sleep(6)  # the exporters' batch delay (5 s): let the last spans arrive before counting
+        spans = len(receiver.spans())
+    return {"scenario": row["scenario"], "concurrency": row["concurrency"], "per_call": row["per_call"],
+            "off": row["rest"]["rate"], "on": rate(traced, row["per_call"]), "p99_off_ms": row["rest"]["p99_ms"],
+            "p99_on_ms": traced["p99_ms"], "spans_received": spans}
+
+
 def rate(result: dict, per_call: int) -> float:
     return result["requests"] * per_call / result["duration_s"]
 
@@ -140,9 +155,12 @@ def main() -> None:
                        for path, result in served.items()},
                 })
         rss = mesh.rss()
+    busiest = max((row for row in rows if row["scenario"] == names[0]), key=lambda row: row["concurrency"])
+    tracing = tracing_cost(busiest, args.seconds, args.warmup)
 
     report = {"machine": machine, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "seconds_per_load": args.seconds, "worker_dtypes": dtypes, "rows": rows, "rss_mb": rss}
+              "seconds_per_load": args.seconds, "worker_dtypes": dtypes, "rows": rows, "rss_mb": rss,
+              "tracing": tracing}
     print_table(report)
     out = ROOT / "bench/results" / f"{time.strftime('%Y%m%d-%H%M%S')}-{platform.node() or 'host'}.json"
     out.write_text(json.dumps(report, indent=2))
@@ -170,6 +188,11 @@ def print_table(report: dict) -> None:
             hop = row["rest"]["p50_ms"] - row["grpc"]["p50_ms"]
             print(f"gateway hop ({row['scenario']}, C=1 k=1, p50 REST - p50 gRPC): {hop:.2f} ms")
     print("RSS (MB): " + ", ".join(f"{name} {mb}" for name, mb in sorted(report["rss_mb"].items())))
+    tracing = report["tracing"]
+    print(f"tracing ({tracing['scenario']}, C={tracing['concurrency']} k={tracing['per_call']}, REST): "
+          f"off {tracing['off']:.1f}/s p99 {tracing['p99_off_ms']:.0f} ms, on {tracing['on']:.1f}/s "
+          f"p99 {tracing['p99_on_ms']:.0f} ms ({tracing['on'] / tracing['off']:.2f}x; "
+          f"{tracing['spans_received']} spans received)")
 
 
 def served_cells(result: dict) -> str:
