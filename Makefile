@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 GATEWAY_VENV := .venv-gateway
 PROTOS := $(wildcard protos/torchgate/v1/*.proto)
+K8S_MANIFESTS := $(shell find ops/docker/k8s -name '*.yaml')
 
 .PHONY: install protos check-protos run start stop health test test-gateway-isolated lint bench fuzz mutate clean
 
@@ -42,10 +43,11 @@ health:
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/kubernetes-validate --strict --quiet $(filter-out %/kustomization.yaml,$(wildcard ops/docker/k8s/*.yaml))
+	$(BIN)/kubernetes-validate --strict --quiet $(filter-out %/kustomization.yaml,$(K8S_MANIFESTS))
 	$(BIN)/hadolint ops/docker/Dockerfile.*
 	command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null)
 	docker-compose -f ops/docker/docker-compose.yml config -q
+	docker-compose -f ops/docker/docker-compose.yml -f ops/docker/docker-compose.two-models.yml config -q
 
 test: $(INSTALLED) lint test-gateway-isolated
 	$(BIN)/python -m pytest

@@ -14,6 +14,7 @@ from gateway.contract import publish_limits
 from gateway.errors import install_error_handlers
 from gateway.metrics import MULTIPROCESS_DIR, forget_this_process
 from gateway.middleware import EdgeMiddleware
+from gateway.registry import ModelPools, pool_name, pool_targets
 from gateway.routes import classify, embeddings, gpu, health, models, rerank
 from gateway.upstream import Upstream
 from torchgate import __version__
@@ -78,14 +79,20 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             interceptors = aio_client_interceptors(filter_=grpc_filter())
         credentials = (channel_credentials(settings.tls_ca, settings.tls_cert, settings.tls_key)
                        if settings.tls_ca else None)
-        app.state.upstreams = {
-            name: Upstream(name, service, stub, getattr(settings, name), interceptors, credentials,
-                           settings.tls_server_name, serves_model=name in models.MODEL_TASKS)
-            for name, (service, stub) in UPSTREAMS.items()
-        }
+        app.state.upstreams, app.state.pools = {}, {}
+        for task, (service, stub) in UPSTREAMS.items():
+            task_settings = getattr(settings, task)
+            pools = [Upstream(pool_name(task, index), service, stub,
+                              task_settings.model_copy(update={"addresses": target}), interceptors, credentials,
+                              settings.tls_server_name, serves_model=task in models.MODEL_TASKS)
+                     for index, target in enumerate(pool_targets(task_settings.addresses))]
+            app.state.upstreams |= {pool.name: pool for pool in pools}
+            if task in models.MODEL_TASKS:
+                app.state.pools[task] = ModelPools(task, pools)
         for client in app.state.upstreams.values():
             client.start()
-        log.info("gateway ready", extra={"upstreams": {n: getattr(settings, n).addresses for n in UPSTREAMS}})
+        log.info("gateway ready", extra={"upstreams": {name: client.settings.addresses
+                                                       for name, client in app.state.upstreams.items()}})
         yield
         for client in app.state.upstreams.values():
             await client.close()
@@ -111,8 +118,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     def openapi() -> dict:
         """The schema with the limits each worker published (unknown until the worker answered Info)."""
-        upstreams = getattr(app.state, "upstreams", {})
-        return publish_limits(static_openapi(), {name: client.limits for name, client in upstreams.items()})
+        pools = getattr(app.state, "pools", {})
+        return publish_limits(static_openapi(), {task: pool.pools[0].limits for task, pool in pools.items()})
 
     app.openapi = openapi
     if tracing:

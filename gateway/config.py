@@ -7,8 +7,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class UpstreamSettings(BaseModel):
     """How the gateway talks to one worker service (all replicas of it)."""
 
-    addresses: str = Field(description="Comma-separated IP:port replicas, one DNS name:port (headless Service), "
-                                       "or a gRPC target URI (dns://AUTHORITY/name:port, ipv4:, ipv6:, unix:).")
+    addresses: str = Field(description="One pool per model, `;` between pools; a pool is comma-separated IP:port "
+                                       "replicas, one DNS name:port (headless Service), or a gRPC target URI "
+                                       "(dns://AUTHORITY/name:port, ipv4:, ipv6:, unix:).")
     timeout_s: float = Field(30.0, gt=0, description="Default request deadline (X-Request-Timeout overrides).")
     breaker_fail_max: int = Field(5, ge=1, description="Consecutive failures that open the circuit breaker.")
     breaker_reset_s: float = Field(60.0, gt=0, description="How long the breaker stays open before a trial call, "

@@ -93,16 +93,9 @@ class Limits:
         return self.model_id, self.model_id.rsplit("/", 1)[-1]
 
 
-def _clip(value: str, limit: int = 80) -> str:
+def clip(value: str, limit: int = 80) -> str:
+    """A client's value echoed in an error: at most `limit` characters."""
     return value if len(value) <= limit else value[:limit] + "…"
-
-
-def enforce_model(limits: Limits | None, requested: str | None, upstream: str) -> None:
-    """404 for a model this upstream does not serve (checked once the worker's Info is known)."""
-    if limits is None or not requested or requested in limits.names():
-        return
-    raise ApiError(404, "model_not_found",
-                   f"model {_clip(requested)!r} is not served; served: {limits.model_id!r}", upstream)
 
 
 def enforce_texts(limits: Limits | None, texts: list[str], field: str, upstream: str) -> None:

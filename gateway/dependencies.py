@@ -5,6 +5,7 @@ from pydantic import Field
 
 from gateway.contract import Name, RequestBody
 from gateway.errors import ApiError
+from gateway.registry import ModelPools
 from gateway.upstream import Upstream
 
 TIMEOUT_HEADER = "X-Request-Timeout"
@@ -27,6 +28,14 @@ def upstream(request: Request, name: str) -> Upstream:
     if client is None:
         raise ApiError(503, "upstream_unavailable", f"the {name} service is not configured on this gateway", name)
     return client
+
+
+def model_pool(request: Request, task: str, model: str | None) -> Upstream:
+    """The pool of `task` that serves `model` (None: the task's default), or 404/503 saying why not."""
+    pools: ModelPools | None = request.app.state.pools.get(task)
+    if pools is None:
+        raise ApiError(503, "upstream_unavailable", f"the {task} service is not configured on this gateway", task)
+    return pools.route(model)
 
 
 def request_timeout(request: Request, client: Upstream, body_timeout: float | None = None) -> float:

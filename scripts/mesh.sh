@@ -17,9 +17,20 @@ declare -A SERVICE=(
   [classifier]=torchgate.v1.ClassifierService
 )
 
-# A worker runs as TORCHGATE_<WORKER>_REPLICAS processes (default 1): <worker>, then <worker>-2 ... <worker>-N.
-# Every process has its own pid, port and log file in $RUN_DIR, named after it.
-base_name() { echo "${1%-[0-9]*}"; }
+# A worker runs one pool of processes per model (TORCHGATE_<WORKER>_MODELS: comma-separated model ids or local
+# directories; unset: the worker's MODEL setting), each pool TORCHGATE_<WORKER>_REPLICAS processes (default 1).
+# Names: <worker> for the first model's first replica, -m<j> for model j, -<k> for replica k:
+# embedding, embedding-2, embedding-m2, embedding-m2-2. Each process has its own pid, port and log file.
+base_name() { echo "${1%%-*}"; }
+models_of() {  # the worker's models, one a line (none when TORCHGATE_<WORKER>_MODELS is unset)
+  local var="TORCHGATE_${1^^}_MODELS"
+  tr ',' '\n' <<<"${!var:-}" | sed 's/^[[:space:]]*//; s/[[:space:]]*$//' | grep -v '^$' || true
+}
+model_count() {
+  local count
+  count=$(models_of "$1" | wc -l)
+  echo $((count > 0 ? count : 1))
+}
 replica_count() {
   local var="TORCHGATE_${1^^}_REPLICAS"
   local count=${!var:-1}
@@ -29,29 +40,40 @@ replica_count() {
   fi
   echo "$count"
 }
-replicas() {  # the names start.sh gives a worker's processes
-  local count k
+replicas() {  # worker, model number (default 1): the names of that model's processes
+  local count k pool=$1
   count=$(replica_count "$1") || return 1
-  echo "$1"
-  for ((k = 2; k <= count; k++)); do echo "$1-$k"; done
+  if ((${2:-1} > 1)); then pool="$1-m$2"; fi
+  echo "$pool"
+  for ((k = 2; k <= count; k++)); do echo "$pool-$k"; done
 }
 instances() {  # a worker's processes that have a pid file (what stop.sh and health.sh look at)
   echo "$1"
   local pid_file
-  for pid_file in "$RUN_DIR/$1"-[0-9]*.pid; do
+  for pid_file in "$RUN_DIR/$1"-*.pid; do
     [ -e "$pid_file" ] && basename "$pid_file" .pid
   done
 }
+model_number() { if [[ $1 =~ -m([0-9]+) ]]; then echo "${BASH_REMATCH[1]}"; else echo 1; fi; }
+replica_number() { if [[ $1 =~ -([0-9]+)$ ]]; then echo "${BASH_REMATCH[1]}"; else echo 1; fi; }
+model_of() {  # process name: the model it serves when TORCHGATE_<WORKER>_MODELS names them, else nothing
+  models_of "$(base_name "$1")" | sed -n "$(model_number "$1")p"
+}
 
-replica_env() {  # name: VAR=value lines that keep replica k >= 2 off replica 1's ports
-  local base
+instance_env() {  # process name: VAR=value lines for that process only (its model; ports off the first one's)
+  local base j k model
   base=$(base_name "$1")
-  [ "$1" = "$base" ] && return
-  local k=${1##*-} metrics_var="TORCHGATE_${base^^}_METRICS_PORT"
+  j=$(model_number "$1")
+  k=$(replica_number "$1")
+  model=$(model_of "$1")
+  if [ -n "$model" ]; then echo "TORCHGATE_${base^^}_MODEL=$model"; fi
+  ((j == 1 && k == 1)) && return
+  local metrics_var="TORCHGATE_${base^^}_METRICS_PORT"
   local metrics=${!metrics_var:-${DEFAULT_METRICS_PORT[$base]}}
   echo "TORCHGATE_${base^^}_PORT=0"
-  # Prometheus' server has no port 0 (0 switches it off): replica k takes replica 1's port + 10 (k - 1).
-  if ((metrics)); then echo "TORCHGATE_${base^^}_METRICS_PORT=$((metrics + 10 * (k - 1)))"; fi
+  # Prometheus' server has no port 0 (0 switches it off): model j's replica k takes the first process's
+  # metrics port + 100 (j - 1) + 10 (k - 1).
+  if ((metrics)); then echo "TORCHGATE_${base^^}_METRICS_PORT=$((metrics + 100 * (j - 1) + 10 * (k - 1)))"; fi
 }
 
 # A started service writes the port it bound to $RUN_DIR/<name>.port (port 0 picks a free one).

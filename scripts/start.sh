@@ -57,24 +57,33 @@ for name in "${WORKERS[@]}"; do
   replicas "$name" >/dev/null || exit 2
 done
 for name in "${WORKERS[@]}"; do
-  for replica in $(replicas "$name"); do
-    mapfile -t overrides < <(replica_env "$replica")
-    launch "$replica" "services.$name" "${overrides[@]}"
+  for ((j = 1; j <= $(model_count "$name"); j++)); do
+    for process in $(replicas "$name" "$j"); do
+      mapfile -t overrides < <(instance_env "$process")
+      launch "$process" "services.$name" "${overrides[@]}"
+    done
   done
 done
 for name in "${WORKERS[@]}"; do
-  addresses=()
-  for replica in $(replicas "$name"); do
-    wait_until "$replica" test -s "$(port_file "$replica")"
-    addresses+=("127.0.0.1:$(worker_port "$replica")")
+  # The gateway gets one pool per model (`;` between pools) of all its replicas (`,`); an explicit list wins.
+  pools=()
+  for ((j = 1; j <= $(model_count "$name"); j++)); do
+    addresses=()
+    for process in $(replicas "$name" "$j"); do
+      wait_until "$process" test -s "$(port_file "$process")"
+      addresses+=("127.0.0.1:$(worker_port "$process")")
+    done
+    pools+=("$(IFS=,; echo "${addresses[*]}")")
   done
-  # The gateway balances over every replica (round_robin, health-checked); an explicit address list wins.
   upstream_var="TORCHGATE_GATEWAY_${name^^}__ADDRESSES"
-  export "$upstream_var=${!upstream_var:-$(IFS=,; echo "${addresses[*]}")}"
-  for replica in $(replicas "$name"); do
-    wait_until "$replica" worker_status "$replica"
-    printf '%-13s serving on %s  (%s)\n' "$replica" "$(worker_host "$replica"):$(worker_port "$replica")" \
-      "${SERVICE[$name]}"
+  export "$upstream_var=${!upstream_var:-$(IFS=';'; echo "${pools[*]}")}"
+  for ((j = 1; j <= $(model_count "$name"); j++)); do
+    for process in $(replicas "$name" "$j"); do
+      wait_until "$process" worker_status "$process"
+      model=$(model_of "$process")
+      printf '%-13s serving on %s  (%s)%s\n' "$process" "$(worker_host "$process"):$(worker_port "$process")" \
+        "${SERVICE[$name]}" "${model:+  model $model}"
+    done
   done
 done
 launch gateway gateway

@@ -13,7 +13,8 @@ FAIL_TEXT = "raise in forward"
 class FakeAdapter(ModelAdapter):
     """Vectors derived from a hash of each text; records every batch it was given."""
 
-    def __init__(self, dimension: int = 8, max_tokens: int = 64):
+    def __init__(self, dimension: int = 8, max_tokens: int = 64, model_id: str = "test/fake-model"):
+        self.model_id = model_id
         self.dimension = dimension
         self.max_tokens = max_tokens
         self.preprocessed: list[list[str]] = []
@@ -22,7 +23,7 @@ class FakeAdapter(ModelAdapter):
         self.gate.set()
 
     def load(self) -> ModelDescription:
-        return ModelDescription(model_id="test/fake-model", model_path="/nowhere", device="cpu", dtype="float32",
+        return ModelDescription(model_id=self.model_id, model_path="/nowhere", device="cpu", dtype="float32",
                                 max_input_tokens=self.max_tokens, dimension=self.dimension)
 
     def warmup(self) -> None:

@@ -3,8 +3,8 @@
 from fastapi import APIRouter, Request
 from pydantic import ConfigDict, Field, model_validator
 
-from gateway.contract import RequestBody, enforce_model, enforce_texts, json_int, text_type, texts_type
-from gateway.dependencies import ModelRequest, request_timeout, upstream
+from gateway.contract import RequestBody, enforce_texts, json_int, text_type, texts_type
+from gateway.dependencies import ModelRequest, model_pool, request_timeout
 from gateway.errors import MODEL_ROUTE_ERRORS, ApiError
 from gateway.responses import JSONResponse
 from torchgate.v1 import classifier_pb2
@@ -43,8 +43,7 @@ class BetterPromptsBatchRequest(RequestBody):
 
 async def _classify(request: Request, texts: list[str], field: str, top_k: int = 0, model: str = "",
                     timeout: float | None = None) -> classifier_pb2.ClassifyResponse:
-    client = upstream(request, "classifier")
-    enforce_model(client.limits, model, client.name)
+    client = model_pool(request, "classifier", model)
     enforce_texts(client.limits, texts, field, client.name)
     return await client.call("Classify", classifier_pb2.ClassifyRequest(texts=texts, top_k=top_k, model=model),
                              request_timeout(request, client, timeout))
@@ -105,7 +104,7 @@ async def classify_batch(body: BetterPromptsBatchRequest, request: Request):
 
 @router.get("/api/v1/intents/types", response_class=JSONResponse)
 async def intent_types(request: Request):
-    client = upstream(request, "classifier")
+    client = model_pool(request, "classifier", None)
     reply = await client.call("ListIntents", classifier_pb2.ListIntentsRequest(), request_timeout(request, client))
     return JSONResponse({
         "intents": [{"name": i.name, "description": i.description, "examples": i.examples} for i in reply.intents],

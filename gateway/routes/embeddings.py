@@ -7,8 +7,8 @@ import numpy as np
 from fastapi import APIRouter, Request
 from pydantic import Field
 
-from gateway.contract import LIMIT_KEY, UINT32_MAX, Name, enforce_model, enforce_texts, json_int, one_or_many_texts
-from gateway.dependencies import ModelRequest, request_timeout, upstream
+from gateway.contract import LIMIT_KEY, UINT32_MAX, Name, enforce_texts, json_int, one_or_many_texts
+from gateway.dependencies import ModelRequest, model_pool, request_timeout
 from gateway.errors import MODEL_ROUTE_ERRORS, ApiError
 from gateway.responses import JSONResponse
 from torchgate.v1 import embedding_pb2
@@ -27,9 +27,8 @@ class EmbeddingsRequest(ModelRequest):
 
 @router.post("/v1/embeddings", response_class=JSONResponse)
 async def create_embeddings(body: EmbeddingsRequest, request: Request):
-    client = upstream(request, "embedding")
+    client = model_pool(request, "embedding", body.model)
     texts = body.input
-    enforce_model(client.limits, body.model, client.name)
     enforce_texts(client.limits, texts, "input", client.name)
     if client.limits and body.dimensions and body.dimensions > client.limits.dimension:
         raise ApiError(422, "invalid_request_error",

@@ -10,27 +10,25 @@ from torchgate.v1 import common_pb2
 
 router = APIRouter(responses=documented_errors(400, 401, 429, 502, 503, 504))
 
-# Upstreams that serve a model, and the task each one does.
+# Upstreams that serve models, and the task each one's models do.
 MODEL_TASKS = {"embedding": "embedding", "reranking": "rerank", "classifier": "classify"}
 
 
 @router.get("/v1/models", response_class=JSONResponse)
 async def list_models(request: Request):
-    upstreams = request.app.state.upstreams
-    names = [name for name in MODEL_TASKS if name in upstreams]
-    infos = await asyncio.gather(
-        *(upstreams[name].call("Info", common_pb2.InfoRequest(), timeout=2.0) for name in names),
-        return_exceptions=True,
-    )
+    """Every model the reachable pools serve, default models first."""
+    pools = [(task, pool) for task, registry in request.app.state.pools.items() for pool in registry.pools]
+    infos = await asyncio.gather(*(pool.call("Info", common_pb2.InfoRequest(), timeout=2.0) for _, pool in pools),
+                                 return_exceptions=True)
     data = [
         {
             "id": info.model_id, "object": "model", "created": 0, "owned_by": "torchgate",
-            "task": MODEL_TASKS[name], "device": info.device, "dtype": info.dtype,
+            "task": MODEL_TASKS[task], "upstream": pool.name, "device": info.device, "dtype": info.dtype,
             "dtype_reason": info.dtype_reason or None,
             "max_input_tokens": info.max_input_tokens, "dimension": info.dimension or None,
             "labels": list(info.labels) or None, "fallback": info.fallback_reason or None,
         }
-        for name, info in zip(names, infos, strict=True)
+        for (task, pool), info in zip(pools, infos, strict=True)
         if not isinstance(info, BaseException)
     ]
     unexpected = [info for info in infos if isinstance(info, BaseException) and not isinstance(info, ApiError)]

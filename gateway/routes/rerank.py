@@ -3,8 +3,8 @@
 from fastapi import APIRouter, Request
 from pydantic import Field
 
-from gateway.contract import LIMIT_KEY, UINT32_MAX, RequestBody, enforce_model, enforce_texts, json_int, text_type
-from gateway.dependencies import ModelRequest, request_timeout, upstream
+from gateway.contract import LIMIT_KEY, UINT32_MAX, RequestBody, enforce_texts, json_int, text_type
+from gateway.dependencies import ModelRequest, model_pool, request_timeout
 from gateway.errors import MODEL_ROUTE_ERRORS
 from gateway.responses import JSONResponse
 from torchgate.v1 import reranking_pb2
@@ -30,9 +30,8 @@ class RerankRequest(ModelRequest):
 
 @router.post("/v1/rerank", response_class=JSONResponse)
 async def rerank(body: RerankRequest, request: Request):
-    client = upstream(request, "reranking")
+    client = model_pool(request, "reranking", body.model)
     documents = [doc if isinstance(doc, str) else doc.text for doc in body.documents]
-    enforce_model(client.limits, body.model, client.name)
     enforce_texts(client.limits, [body.query], "query", client.name)
     enforce_texts(client.limits, documents, "documents", client.name)
     reply = await client.call(

@@ -14,6 +14,7 @@ from openai import OpenAI
 
 from tests.e2e.conftest import running_mesh
 from tests.integration.conftest import grpcurl
+from tests.tiny_models import MINILM, build_tiny_embedder
 
 
 def test_the_mesh_serves_survives_a_dead_worker_and_stops_cleanly(mesh):
@@ -128,3 +129,30 @@ def test_a_replica_count_that_is_not_a_number_is_refused_before_anything_starts(
         with running_mesh(run_dir, TORCHGATE_RERANKING_REPLICAS="two"):
             pytest.fail("the mesh started with a replica count of 'two'")
     assert not list(run_dir.glob("*.pid"))
+
+
+def test_two_embedding_models_behind_one_gateway_each_in_its_own_worker(tmp_path):
+    tiny = build_tiny_embedder(tmp_path / "models", dimension=32)
+    run_dir = tmp_path / "run"
+    with running_mesh(run_dir, TORCHGATE_EMBEDDING_MODELS=f"{MINILM}, {tiny}") as mesh:
+        started = (run_dir / "embedding-m2.log").exists() and int((run_dir / "embedding-m2.port").read_text())
+        assert started and started != mesh.ports["embedding"]
+        sdk = OpenAI(base_url=f"{mesh.url}/v1", api_key="unused")
+        assert len(sdk.embeddings.create(model=MINILM, input=["one"]).data[0].embedding) == 384
+        assert len(sdk.embeddings.create(model="tiny-embedder", input=["two"]).data[0].embedding) == 32
+        assert len(sdk.embeddings.create(model=str(tiny), input=["three"]).data[0].embedding) == 32
+
+        with httpx.Client(base_url=mesh.url, timeout=30) as client:
+            listed = {m["id"]: m["dimension"] for m in client.get("/v1/models").json()["data"]
+                      if m["task"] == "embedding"}
+            assert listed == {MINILM: 384, str(tiny): 32}
+            unknown = client.post("/v1/embeddings", json={"input": "x", "model": "bge-small"})
+            assert unknown.status_code == 404
+            assert MINILM in unknown.json()["error"]["message"] and str(tiny) in unknown.json()["error"]["message"]
+
+            os.kill(mesh.pid("embedding-m2"), signal.SIGKILL)
+            down = client.post("/v1/embeddings", json={"input": "x", "model": "tiny-embedder"})
+            assert down.status_code == 503 and down.json()["error"]["upstream"] == "embedding-2"
+            assert client.post("/v1/embeddings", json={"input": "x", "model": MINILM}).status_code == 200
+            assert client.post("/v1/embeddings", json={"input": "x"}).status_code == 200, "the default model"
+    assert processes_started_for(run_dir) == []

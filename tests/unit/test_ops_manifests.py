@@ -54,7 +54,7 @@ def test_the_gateway_manifest_points_at_every_worker_service():
 
 
 def k8s_documents() -> list[dict]:
-    return [document for path in sorted((OPS / "k8s").glob("*.yaml")) if path.name != "kustomization.yaml"
+    return [document for path in sorted((OPS / "k8s").rglob("*.yaml")) if path.name != "kustomization.yaml"
             for document in yaml.safe_load_all(path.read_text())]
 
 
@@ -88,6 +88,7 @@ def test_termination_grace_covers_the_pre_stop_pause_and_the_drain():
         if name == "gateway":
             drain = GRACEFUL_SHUTDOWN_S
         else:
+            name = container["command"][-1].removeprefix("services.")
             settings_class = WORKERS[name][0]
             drain = float(env.get(f"TORCHGATE_{name.upper()}_GRACE_PERIOD_S",
                                   settings_class.model_fields["grace_period_s"].default))
@@ -103,3 +104,17 @@ def test_every_deployment_has_a_disruption_budget_and_the_gpu_worker_claims_no_g
     (container,) = gpu["spec"]["template"]["spec"]["containers"]
     assert "nvidia.com/gpu" not in str(container["resources"])
     assert {"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"} in container["env"]
+
+
+def test_the_two_model_example_points_the_gateway_at_a_pool_per_model_service():
+    example = OPS / "k8s" / "examples" / "two-embedding-models"
+    (patch,) = yaml.safe_load((example / "kustomization.yaml").read_text())["patches"]
+    (operation,) = yaml.safe_load(patch["patch"])
+    gateway = next(yaml.safe_load_all((OPS / "k8s" / "gateway.yaml").read_text()))
+    env = gateway["spec"]["template"]["spec"]["containers"][0]["env"]
+    index = int(operation["path"].rsplit("/", 2)[-2])
+    assert env[index]["name"] == "TORCHGATE_GATEWAY_EMBEDDING__ADDRESSES", "the patch replaces the wrong variable"
+    services = {d["metadata"]["name"] for path in (OPS / "k8s" / "workers.yaml", example / "embedding-bge.yaml")
+                for d in yaml.safe_load_all(path.read_text()) if d["kind"] == "Service"}
+    pools = [pool.split(".")[0] for pool in operation["value"].split(";")]
+    assert pools == ["embedding", "embedding-bge"] and set(pools) <= services
