@@ -5,6 +5,7 @@ import threading
 
 import numpy as np
 
+from services.gpu.readings import DeviceReading, Readings
 from services.runtime.adapter import ModelAdapter, ModelDescription, Prepared
 
 FAIL_TEXT = "raise in forward"
@@ -97,3 +98,14 @@ class FakeIntentAdapter(FakeAdapter):
         scores = np.array([[3.0 if keyword in text else 0.0 for keyword in INTENT_KEYWORDS.values()]
                            for text in prepared.features]) + 0.1
         return scores / scores.sum(axis=1, keepdims=True)
+
+
+class OneGpu(Readings):
+    """What NVML reports on a machine with one 8 GB device on which pid 4242 allocated 3000 MB."""
+
+    def device_count(self) -> int:
+        return 1
+
+    def device(self, index: int) -> DeviceReading:
+        return DeviceReading(index=0, name="test", uuid="GPU-0", memory_total_mb=8000, memory_free_mb=5000,
+                             memory_used_mb=3000, processes=[(4242, 3000)])

@@ -67,6 +67,15 @@ class Ledger:
     def remaining_s(self, lease: Reservation) -> float:
         return max(0.0, lease.expires_at - self.clock())
 
+    def renew(self, lease_id: str, ttl_s: float) -> Reservation:
+        """Extend an active lease to `ttl_s` from now."""
+        self.active()
+        lease = self._leases.get(lease_id)
+        if lease is None:
+            raise NotFound(f"no active lease {lease_id!r} (released already, or expired): reserve again")
+        lease.expires_at = self.clock() + ttl_s
+        return lease
+
     def release(self, lease_id: str) -> None:
         self.active()
         if self._leases.pop(lease_id, None) is None:

@@ -3,7 +3,7 @@
 import asyncio
 import time
 
-from services.gpu.ledger import Ledger
+from services.gpu.ledger import Ledger, Reservation
 from services.gpu.metrics import GPU_METRICS
 from services.gpu.readings import DeviceReading, Readings, open_readings
 from services.gpu.settings import GpuSettings
@@ -78,12 +78,20 @@ class GpuServicer(WorkerServicer, gpu_pb2_grpc.GpuServiceServicer):
             raise InvalidInput("memory_mb must be positive")
         devices = await self._devices()
         lease = self.ledger.reserve(
-            request.service, request.memory_mb, min(request.ttl_s or self.settings.lease_ttl_s,
-                                                    self.settings.max_lease_ttl_s),
+            request.service, request.memory_mb, self._ttl(request.ttl_s),
             {d.index: d.memory_free_mb for d in devices},
             request.device if request.HasField("device") else None,
             request.pid, allocated_mb(devices),
         )
+        return self._lease(lease)
+
+    async def Renew(self, request: gpu_pb2.RenewRequest, context) -> gpu_pb2.Lease:
+        return self._lease(self.ledger.renew(request.lease_id, self._ttl(request.ttl_s)))
+
+    def _ttl(self, requested_s: int) -> int:
+        return min(requested_s or self.settings.lease_ttl_s, self.settings.max_lease_ttl_s)
+
+    def _lease(self, lease: Reservation) -> gpu_pb2.Lease:
         return gpu_pb2.Lease(lease_id=lease.lease_id, device=lease.device, memory_mb=lease.memory_mb,
                              service=lease.service, pid=lease.pid,
                              expires_at_unix=time.time() + self.ledger.remaining_s(lease))

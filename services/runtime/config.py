@@ -88,6 +88,10 @@ class ModelWorkerSettings(WorkerSettings):
         4096, ge=1, description="Inputs waiting in the queue before new requests get RESOURCE_EXHAUSTED."
     )
     max_items_per_request: int = Field(256, ge=1, description="Most inputs in one request.")
+    gpu_address: str = Field("", description="On CUDA, the GPU worker (host:port) this worker reserves its share of "
+                                             "the device from before serving; empty: no reservation.")
+    gpu_memory_mb: int = Field(0, ge=0, description="The share to reserve; 0 sizes it from the loaded, warmed-up "
+                                                    "model (see README).")
     max_chars_per_item: int = Field(16384, ge=1, description="Most characters in one input text.")
 
     def max_request_bytes(self) -> int:

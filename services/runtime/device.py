@@ -22,6 +22,13 @@ def cuda_device_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def cuda_memory_held(device: str) -> int:
+    """Bytes torch's caching allocator holds on a CUDA device now."""
+    import torch
+
+    return torch.cuda.memory_reserved(torch.device(device))
+
+
 def require_gpu_or_exit(require_gpu: bool) -> None:
     """With TORCHGATE_REQUIRE_GPU=1 and no usable CUDA device, exit non-zero with one clear line."""
     if require_gpu and cuda_device_count() == 0:

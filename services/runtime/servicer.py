@@ -11,7 +11,9 @@ from google.protobuf.descriptor import ServiceDescriptor
 from services.runtime.adapter import ModelAdapter, ModelDescription
 from services.runtime.batcher import BatchingConfig, BatchOutcome, DynamicBatcher
 from services.runtime.config import ModelWorkerSettings
+from services.runtime.device import cuda_memory_held
 from services.runtime.errors import Unavailable
+from services.runtime.gpu_share import GpuShare, share_mb
 from services.runtime.metrics import BatcherMetrics
 from services.runtime.tracing import record_batching
 from torchgate import __version__
@@ -43,10 +45,15 @@ class ModelServicer(WorkerServicer):
         self.settings = settings
         self.model: ModelDescription | None = None
         self.batcher: DynamicBatcher | None = None
+        self.gpu_share: GpuShare | None = None
 
     async def load(self) -> None:
         self.model = await asyncio.to_thread(self.adapter.load)
         await asyncio.to_thread(self.adapter.warmup)
+        if self.settings.gpu_address and self.model.device.startswith("cuda"):
+            self.gpu_share = GpuShare(self.settings.gpu_address, self.settings.service_name())
+            memory_mb = share_mb(cuda_memory_held(self.model.device), self.settings.gpu_memory_mb)
+            await self.gpu_share.reserve(memory_mb, int(self.model.device.partition(":")[2] or 0))
         self.batcher = DynamicBatcher(self.adapter, self.batching_config(), BatcherMetrics(self.model.model_id))
         await self.batcher.start()
         log.info("model ready", extra={"model": self.model.model_id, "device": self.model.device,
@@ -55,6 +62,8 @@ class ModelServicer(WorkerServicer):
     async def drain(self, timeout: float) -> None:
         if self.batcher:
             await self.batcher.close(timeout)
+        if self.gpu_share:
+            await self.gpu_share.release()
 
     def batching_config(self) -> BatchingConfig:
         s = self.settings

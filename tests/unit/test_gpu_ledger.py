@@ -4,10 +4,10 @@ import pytest
 
 from services.gpu.ledger import Ledger
 from services.gpu.metrics import GPU_METRICS
-from services.gpu.readings import DeviceReading, Readings
 from services.gpu.servicer import GpuServicer
 from services.gpu.settings import GpuSettings
 from services.runtime.errors import NotFound, Overloaded
+from tests.fakes import OneGpu
 from torchgate.v1 import gpu_pb2
 
 
@@ -52,6 +52,19 @@ def test_leases_expire():
     assert ledger.reserve("b", 8000, 30, {0: 8000}).memory_mb == 8000
 
 
+def test_renewing_extends_an_active_lease_and_a_lapsed_one_is_not_found():
+    clock = Clock()
+    ledger = Ledger(clock)
+    lease = ledger.reserve("a", 8000, 30, {0: 8000})
+    clock.now += 20
+    ledger.renew(lease.lease_id, 30)
+    clock.now += 20
+    assert ledger.reserved_mb(0) == 8000
+    clock.now += 11
+    with pytest.raises(NotFound, match="reserve again"):
+        ledger.renew(lease.lease_id, 30)
+
+
 def test_unknown_devices_and_machines_without_devices():
     ledger = Ledger(Clock())
     with pytest.raises(NotFound, match="no device 2"):
@@ -86,21 +99,10 @@ def test_expiry_follows_the_monotonic_clock_not_the_wall_clock(monkeypatch):
     assert ledger.reserved_mb(0) == 1000, "a wall-clock jump must not end a lease"
 
 
-class OneDevice(Readings):
-    """A machine with one 8 GB device on which pid 4242 allocated 3000 MB (what NVML would report)."""
-
-    def device_count(self) -> int:
-        return 1
-
-    def device(self, index: int) -> DeviceReading:
-        return DeviceReading(index=0, name="test", uuid="GPU-0", memory_total_mb=8000, memory_free_mb=5000,
-                             memory_used_mb=3000, processes=[(4242, 3000)])
-
-
 @pytest.fixture
 def servicer():
     servicer = GpuServicer(GpuSettings(lease_ttl_s=300, max_lease_ttl_s=600))
-    servicer.readings = OneDevice()
+    servicer.readings = OneGpu()
     return servicer
 
 

@@ -116,6 +116,14 @@ class ReleaseResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class RenewRequest(_message.Message):
+    __slots__ = ("lease_id", "ttl_s")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    lease_id: str
+    ttl_s: int
+    def __init__(self, lease_id: _Optional[str] = ..., ttl_s: _Optional[int] = ...) -> None: ...
+
 class GpuInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -60,6 +60,11 @@ class GpuServiceStub:
                 request_serializer=torchgate_dot_v1_dot_gpu__pb2.ReleaseRequest.SerializeToString,
                 response_deserializer=torchgate_dot_v1_dot_gpu__pb2.ReleaseResponse.FromString,
                 _registered_method=True)
+        self.Renew = channel.unary_unary(
+                '/torchgate.v1.GpuService/Renew',
+                request_serializer=torchgate_dot_v1_dot_gpu__pb2.RenewRequest.SerializeToString,
+                response_deserializer=torchgate_dot_v1_dot_gpu__pb2.Lease.FromString,
+                _registered_method=True)
         self.Info = channel.unary_unary(
                 '/torchgate.v1.GpuService/Info',
                 request_serializer=torchgate_dot_v1_dot_gpu__pb2.GpuInfoRequest.SerializeToString,
@@ -102,6 +107,13 @@ class GpuServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Renew(self, request, context):
+        """Extend an active lease (same size, device and pid); NOT_FOUND once it has expired or was released.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Info(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -135,6 +147,11 @@ def add_GpuServiceServicer_to_server(servicer, server):
                     servicer.Release,
                     request_deserializer=torchgate_dot_v1_dot_gpu__pb2.ReleaseRequest.FromString,
                     response_serializer=torchgate_dot_v1_dot_gpu__pb2.ReleaseResponse.SerializeToString,
+            ),
+            'Renew': grpc.unary_unary_rpc_method_handler(
+                    servicer.Renew,
+                    request_deserializer=torchgate_dot_v1_dot_gpu__pb2.RenewRequest.FromString,
+                    response_serializer=torchgate_dot_v1_dot_gpu__pb2.Lease.SerializeToString,
             ),
             'Info': grpc.unary_unary_rpc_method_handler(
                     servicer.Info,
@@ -278,6 +295,33 @@ class GpuService:
             '/torchgate.v1.GpuService/Release',
             torchgate_dot_v1_dot_gpu__pb2.ReleaseRequest.SerializeToString,
             torchgate_dot_v1_dot_gpu__pb2.ReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Renew(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/torchgate.v1.GpuService/Renew',
+            torchgate_dot_v1_dot_gpu__pb2.RenewRequest.SerializeToString,
+            torchgate_dot_v1_dot_gpu__pb2.Lease.FromString,
             options,
             channel_credentials,
             insecure,
