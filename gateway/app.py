@@ -15,7 +15,7 @@ from gateway.errors import install_error_handlers
 from gateway.metrics import MULTIPROCESS_DIR, forget_this_process
 from gateway.middleware import EdgeMiddleware
 from gateway.registry import ModelPools, pool_name, pool_targets
-from gateway.routes import classify, embeddings, gpu, health, models, rerank
+from gateway.routes import classify, cohere, embeddings, gpu, health, models, rerank
 from gateway.upstream import Upstream
 from torchgate import __version__
 from torchgate.logs import configure_logging
@@ -51,7 +51,7 @@ UPSTREAMS = {
 
 
 # Routers behind the API key (health and metrics stay open for probes and scrapers).
-API_ROUTERS = (embeddings.router, rerank.router, classify.router, gpu.router, models.router)
+API_ROUTERS = (embeddings.router, rerank.router, cohere.router, classify.router, gpu.router, models.router)
 # Probes and scrapers: neither traced nor access-logged (they would drown the requests that matter).
 PROBE_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})
 # Paths the API key never guards: probes, scrapers and the API's own documentation.

@@ -11,9 +11,9 @@ import copy
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
 
-from gateway.errors import ApiError
+from gateway.errors import AS_TEXTS, AS_TOKEN_IDS, ApiError
 
 UINT32_MAX = 2**32 - 1
 MAX_NAME_CHARS = 256
@@ -59,6 +59,27 @@ def texts_type(upstream: str) -> Any:
     """A non-empty list of texts for `upstream`, at most the worker's max_items_per_request."""
     return Annotated[list[text_type(upstream)], Field(min_length=1,
                                                       json_schema_extra={LIMIT_KEY: f"{upstream}.max_items"})]
+
+
+def _one_or_many_token_ids(value: Any) -> Any:
+    return [value] if isinstance(value, list) and value and type(value[0]) is int else value
+
+
+# Token ids as input, OpenAI style: one list of ints, or a list of such lists (the served model's own ids).
+TokenIds = Annotated[list[json_int(0, UINT32_MAX)], Field(min_length=1, description="The model's own token ids.")]
+
+
+def _input_kind(value: Any) -> str:
+    is_ids = isinstance(value, list) and bool(value) and type(value[0]) in (int, list)
+    return AS_TOKEN_IDS if is_ids else AS_TEXTS
+
+
+def texts_or_token_ids(upstream: str) -> Any:
+    """A text, a list of texts, a list of token ids or a list of such lists; told apart by the first item."""
+    many = Annotated[list[TokenIds], Field(min_length=1, json_schema_extra={LIMIT_KEY: f"{upstream}.max_items"})]
+    token_ids = Annotated[many, BeforeValidator(_one_or_many_token_ids, json_schema_input_type=TokenIds | many)]
+    return Annotated[Annotated[one_or_many_texts(upstream), Tag(AS_TEXTS)] | Annotated[token_ids, Tag(AS_TOKEN_IDS)],
+                     Discriminator(_input_kind)]
 
 
 def one_or_many_texts(upstream: str) -> Any:

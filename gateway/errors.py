@@ -13,6 +13,10 @@ from gateway.responses import JSONResponse
 
 log = logging.getLogger(__name__)
 
+# Branch names of the contract's tagged unions (gateway/contract.py): left out of error paths, which name fields.
+AS_TEXTS, AS_TOKEN_IDS = "as texts", "as token ids"
+UNION_TAGS = frozenset({AS_TEXTS, AS_TOKEN_IDS})
+
 
 class ApiError(Exception):
     """An error the client may see: HTTP status, error type, message, optional Retry-After."""
@@ -112,7 +116,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError):
         problems = "; ".join(
-            f"{'.'.join(str(part) for part in e['loc'] if part != 'body') or 'body'}: "
+            f"{'.'.join(str(part) for part in e['loc'] if part != 'body' and part not in UNION_TAGS) or 'body'}: "
             f"{_FRIENDLIER.get(e['type'], e['msg'])}"
             for e in error.errors()[:10]
         )

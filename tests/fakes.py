@@ -25,20 +25,22 @@ class FakeAdapter(ModelAdapter):
 
     def load(self) -> ModelDescription:
         return ModelDescription(model_id=self.model_id, model_path="/nowhere", device="cpu", dtype="float32",
-                                max_input_tokens=self.max_tokens, dimension=self.dimension)
+                                max_input_tokens=self.max_tokens, dimension=self.dimension, vocab_size=1000)
 
     def warmup(self) -> None:
         pass
 
-    def estimate_tokens(self, text: str) -> int:
-        return min(len(text.split()) + 2, self.max_tokens)
+    def estimate_tokens(self, item: str | tuple[int, ...]) -> int:
+        return min(len(item) if isinstance(item, tuple) else len(item.split()) + 2, self.max_tokens)
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         return [len(text.split()) + 2 for text in texts]
 
-    def preprocess(self, texts: list[str]) -> Prepared:
-        self.preprocessed.append(list(texts))
-        return Prepared(list(texts), [min(len(t.split()) + 2, self.max_tokens) for t in texts])
+    def preprocess(self, items: list) -> Prepared:
+        """Token-id inputs stand for the text of their ids, so equal ids give equal vectors."""
+        texts = [" ".join(map(str, item)) if isinstance(item, tuple) else item for item in items]
+        self.preprocessed.append(texts)
+        return Prepared(texts, [self.estimate_tokens(item) for item in items])
 
     def forward(self, prepared: Prepared) -> np.ndarray:
         self.gate.wait(10)
@@ -59,8 +61,13 @@ def vector_for(text: str, dimension: int) -> np.ndarray:
 class FakePairAdapter(FakeAdapter):
     """Scores a (query, document) pair by shared words: deterministic, no model."""
 
+    tokenizer = None
+
     def estimate_tokens(self, pair: tuple[str, str]) -> int:
         return len(pair[0].split()) + len(pair[1].split()) + 3
+
+    def document_budget(self, query: str) -> int:
+        return 10**9  # no window: documents are scored whole
 
     def preprocess(self, pairs: list[tuple[str, str]]) -> Prepared:
         return Prepared(list(pairs), [self.estimate_tokens(pair) for pair in pairs])

@@ -26,7 +26,8 @@ async def list_models(request: Request):
             "task": MODEL_TASKS[task], "upstream": pool.name, "device": info.device, "dtype": info.dtype,
             "dtype_reason": info.dtype_reason or None,
             "max_input_tokens": info.max_input_tokens, "dimension": info.dimension or None,
-            "labels": list(info.labels) or None, "fallback": info.fallback_reason or None,
+            "labels": list(info.labels) or None, "prompts": dict(info.prompts) or None,
+            "fallback": info.fallback_reason or None,
         }
         for (task, pool), info in zip(pools, infos, strict=True)
         if not isinstance(info, BaseException)

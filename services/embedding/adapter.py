@@ -1,6 +1,7 @@
 """Bi-encoder adapter on sentence-transformers, with packed batches for BERT mean-pooling models."""
 
 import logging
+from typing import Any
 
 import numpy as np
 
@@ -12,6 +13,9 @@ log = logging.getLogger(__name__)
 
 # English WordPiece averages a little over four characters per token.
 CHARS_PER_TOKEN = 4
+
+# An input is a text, or a tuple of the model's own token ids (used as they are).
+Item = str | tuple[int, ...]
 
 
 class EmbeddingAdapter(SpecAdapter):
@@ -40,6 +44,7 @@ class EmbeddingAdapter(SpecAdapter):
         return ModelDescription(
             model_id=self.model_id, model_path=str(path), device=self.device, dtype=self.precision.name,
             dtype_reason=self.precision.reason, max_input_tokens=self.max_tokens, dimension=self.dimension,
+            prompts=dict(self.model.prompts or {}), vocab_size=len(self.tokenizer),
         )
 
     def _packable(self) -> bool:
@@ -56,21 +61,43 @@ class EmbeddingAdapter(SpecAdapter):
             prepared = self.preprocess(texts)
             self.postprocess(prepared, self.forward(prepared))
 
-    def estimate_tokens(self, text: str) -> int:
-        return min(len(text) // CHARS_PER_TOKEN + 2, self.max_tokens)
+    def estimate_tokens(self, item: Item) -> int:
+        if isinstance(item, tuple):
+            return min(len(item), self.max_tokens)
+        return min(len(item) // CHARS_PER_TOKEN + 2, self.max_tokens)
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Exact token counts without truncation (special tokens included)."""
         return [len(ids) for ids in self.tokenizer(texts, truncation=False)["input_ids"]]
 
-    def preprocess(self, texts: list[str]) -> Prepared:
+    def tokenize(self, texts: list[str], add_special_tokens: bool) -> list[list[tuple[int, str, bool, int, int]]]:
+        """Each text's tokens as (id, text, special, start, stop), with character offsets into the text."""
+        encoded = self.tokenizer(texts, add_special_tokens=add_special_tokens, return_offsets_mapping=True,
+                                 truncation=False)
+        special = set(self.tokenizer.all_special_ids)
+        return [
+            [(token_id, self.tokenizer.convert_ids_to_tokens(token_id) if token_id in special else text[start:stop],
+              token_id in special, start, stop)
+             for token_id, (start, stop) in zip(ids, offsets, strict=True)]
+            for text, ids, offsets in zip(texts, encoded["input_ids"], encoded["offset_mapping"], strict=True)
+        ]
+
+    def _token_ids(self, items: list[Item]) -> list[list[int]]:
+        """Token ids of every input: texts tokenized (truncated to the model's limit), ids as they are."""
+        texts = [item for item in items if isinstance(item, str)]
+        encoded = iter(self.tokenizer(texts, truncation=True, max_length=self.max_tokens)["input_ids"] if texts else [])
+        return [list(item[: self.max_tokens]) if isinstance(item, tuple) else next(encoded) for item in items]
+
+    def preprocess(self, items: list[Item]) -> Prepared:
         if self.packs_sequences:
-            ids = self.tokenizer(texts, truncation=True, max_length=self.max_tokens)["input_ids"]
-            batch = pack(ids, self.spec.pack_length, self.tokenizer.pad_token_id or 0)
+            batch = pack(self._token_ids(items), self.spec.pack_length, self.tokenizer.pad_token_id or 0)
             if self._pin:
                 batch = batch.map_tensors(lambda tensor: tensor.pin_memory())
             return Prepared(batch, batch.lengths)
-        features = self.model.preprocess(texts)
+        if all(isinstance(item, str) for item in items):
+            features: dict[str, Any] = self.model.preprocess(items)
+        else:
+            features = dict(self.tokenizer.pad({"input_ids": self._token_ids(items)}, return_tensors="pt"))
         token_counts = features["attention_mask"].sum(dim=1).tolist()
         if self._pin:
             features = {k: v.pin_memory() if hasattr(v, "pin_memory") else v for k, v in features.items()}

@@ -12,6 +12,8 @@ from services.runtime.sequence_classification import SequenceClassification
 log = logging.getLogger(__name__)
 
 CHARS_PER_TOKEN = 4
+# A window keeps at least this many document tokens, however long the query.
+MIN_WINDOW_TOKENS = 32
 
 # An item is one (query, document) pair; a result is (activated score, raw logit).
 Pair = tuple[str, str]
@@ -36,6 +38,7 @@ class CrossEncoderAdapter(SpecAdapter):
                                                      self.spec.pack_length, precision)
         self.packs_sequences = self.classification.packs_sequences
         self.max_tokens = encoder.max_length
+        self.tokenizer = encoder.tokenizer
         self.activation = encoder.activation_fn or torch.nn.Identity()
         self.settle_precision(self._sample_relevance, score_agreement)
         return ModelDescription(model_id=self.model_id, model_path=str(path), device=device,
@@ -47,6 +50,11 @@ class CrossEncoderAdapter(SpecAdapter):
         query = SELF_CHECK_TEXTS[0]
         logits = self.forward(self.preprocess([(query, document) for document in SELF_CHECK_BATCH]))[:, 1]
         return 1 / (1 + np.exp(-logits))
+
+    def document_budget(self, query: str) -> int:
+        """Document tokens that fit one window beside the whole query ([CLS] query [SEP] document [SEP])."""
+        query_tokens = len(self.tokenizer(query, add_special_tokens=False)["input_ids"])
+        return max(MIN_WINDOW_TOKENS, self.max_tokens - query_tokens - 3)
 
     def warmup(self) -> None:
         for length in (8, 64, self.max_tokens):
@@ -85,6 +93,14 @@ class EmbeddingFallbackAdapter(ModelAdapter):
         described.fallback_reason = self.reason
         described.dimension = 0
         return described
+
+    @property
+    def tokenizer(self):
+        return self.embedding.tokenizer
+
+    def document_budget(self, query: str) -> int:
+        """Document tokens that fit the embedding model beside its special tokens (the query is embedded apart)."""
+        return self.embedding.max_tokens - 2
 
     def warmup(self) -> None:
         self.embedding.warmup()

@@ -1,11 +1,13 @@
 """RerankingService: validation, batching of (query, document) pairs, sorted results."""
 
+import asyncio
 import logging
 import time
 
 from services.embedding.adapter import EmbeddingAdapter
 from services.reranking.adapter import CrossEncoderAdapter, EmbeddingFallbackAdapter
 from services.reranking.settings import RerankingSettings
+from services.reranking.windows import split_document
 from services.runtime.adapter import ModelAdapter, ModelSpec
 from services.runtime.errors import ModelNotFound
 from services.runtime.models import resolve_model
@@ -29,8 +31,15 @@ class RerankingServicer(ModelServicer, reranking_pb2_grpc.RerankingServiceServic
         documents = list(request.documents)
         validate_texts(documents, self.settings.max_items_per_request, self.settings.max_chars_per_item, "documents")
         validate_model_name(request.model, model.model_id)
-        outcome = await self.run_batched([(request.query, document) for document in documents], context)
-        ranked = sorted(enumerate(outcome.results), key=lambda scored: scored[1][0], reverse=True)
+        windows = await asyncio.to_thread(self._windows, request.query, documents, request.max_tokens_per_doc)
+        owners = [index for index, document_windows in enumerate(windows) for _ in document_windows]
+        pairs = [(request.query, window) for document_windows in windows for window in document_windows]
+        outcome = await self.run_batched(pairs, context)
+        best: dict[int, tuple[float, float]] = {}
+        for index, scored in zip(owners, outcome.results, strict=True):
+            if index not in best or scored[0] > best[index][0]:
+                best[index] = scored
+        ranked = sorted(best.items(), key=lambda scored: scored[1][0], reverse=True)
         top = ranked[: request.top_n or len(ranked)]
         tokens = sum(outcome.token_counts)
         return reranking_pb2.RerankResponse(
@@ -45,6 +54,16 @@ class RerankingServicer(ModelServicer, reranking_pb2_grpc.RerankingServiceServic
             usage=common_pb2.Usage(prompt_tokens=tokens, total_tokens=tokens),
             timing=timing(outcome, started),
         )
+
+
+    def _windows(self, query: str, documents: list[str], max_tokens_per_doc: int) -> list[list[str]]:
+        """Each document as is, or cut to max_tokens_per_doc, or as overlapping windows when longer than fits."""
+        budget = self.adapter.document_budget(query)
+        limit = self.settings.max_windows_per_document
+        # A token spans at least one character: a document of at most `budget` characters fits whole.
+        return [[document] if not max_tokens_per_doc and len(document) <= budget
+                else split_document(self.adapter.tokenizer, document, budget, limit, max_tokens_per_doc)
+                for document in documents]
 
 
 def choose_adapter(settings: RerankingSettings) -> ModelAdapter:

@@ -50,6 +50,8 @@ class ModelDescription:
     labels: list[str] = field(default_factory=list)
     fallback_reason: str = ""
     dtype_reason: str = ""
+    prompts: dict[str, str] = field(default_factory=dict)
+    vocab_size: int = 0
 
 
 class ModelAdapter(ABC):

@@ -103,6 +103,8 @@ class ModelServicer(WorkerServicer):
             max_chars_per_item=s.max_chars_per_item,
             fallback_reason=model.fallback_reason,
             dtype_reason=model.dtype_reason,
+            prompts=model.prompts,
+            vocab_size=model.vocab_size,
         )
 
 

@@ -71,12 +71,31 @@ async def test_top_n_documents_and_raw_scores(cross_encoder_worker):
     assert all(r.document == "" for r in full.results)
 
 
-async def test_long_pairs_are_truncated_to_the_models_length(cross_encoder_worker):
+async def test_long_documents_score_as_their_best_window_and_usage_counts_every_window(cross_encoder_worker,
+                                                                                    tiny_cross_encoder):
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoTokenizer
+
+    from services.reranking.windows import split_document
+
+    query = "capital of france"
+    long_document = " ".join(f"sentence {i} about rivers and hills." for i in range(60)) + " Paris is the capital."
     channel, stub = stub_for(cross_encoder_worker)
     async with channel:
-        reply = await stub.Rerank(reranking_pb2.RerankRequest(query="q", documents=["word " * 700]))
+        reply = await stub.Rerank(reranking_pb2.RerankRequest(query=query, documents=[long_document, "short"]))
+        capped = await stub.Rerank(reranking_pb2.RerankRequest(query=query, documents=[long_document],
+                                                               max_tokens_per_doc=20))
         info = await stub.Info(common_pb2.InfoRequest())
-    assert reply.usage.total_tokens == info.max_input_tokens == 128
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_cross_encoder))
+    budget = info.max_input_tokens - len(tokenizer(query, add_special_tokens=False)["input_ids"]) - 3
+    windows = split_document(tokenizer, long_document, budget, max_windows=8)
+    assert 2 < len(windows) <= 8 and windows[-1].endswith("Paris is the capital.")
+    reference = CrossEncoder(str(tiny_cross_encoder), device="cpu", local_files_only=True)
+    best = max(reference.predict([(query, window) for window in windows]))
+    assert {r.index: r.score for r in reply.results}[0] == pytest.approx(best, abs=1e-5)
+    assert reply.usage.total_tokens > 2 * info.max_input_tokens, "every window is computed and counted"
+    query_tokens = len(tokenizer(query, add_special_tokens=False)["input_ids"])
+    assert capped.usage.total_tokens == 20 + query_tokens + 3, "max_tokens_per_doc cuts the document first"
 
 
 @pytest.mark.parametrize(
@@ -128,3 +147,22 @@ async def test_the_announced_embedding_fallback_ranks_the_relevant_document_firs
 def test_without_the_fallback_a_missing_cross_encoder_fails_at_start_naming_it():
     with pytest.raises(ModelNotFound, match="missing-org/missing-cross-encoder"):
         build(RerankingSettings(model="missing-org/missing-cross-encoder", fallback="none"))
+
+
+@pytest.mark.parametrize("windows", [8, 1])
+async def test_with_the_fallback_a_long_document_whose_end_answers_the_query_ranks_first(windows):
+    worker = await serve(model="missing-org/missing-cross-encoder", fallback="embedding",
+                         max_windows_per_document=windows)
+    filler = " ".join(["The garden needs water in summer, and the roses grow best near the old stone wall."] * 25)
+    documents = ["Bananas are yellow.", filler + " Paris is the capital of France.", filler]
+    channel, stub = stub_for(worker)
+    async with channel:
+        reply = await stub.Rerank(reranking_pb2.RerankRequest(query="What is the capital of France?",
+                                                              documents=documents))
+    await worker.stop(0)
+    assert len(documents[1].split()) > 400
+    scores = {r.index: r.score for r in reply.results}
+    if windows > 1:
+        assert reply.results[0].index == 1 and scores[1] > scores[2] + 0.1, scores
+    else:  # one window sees only the start, as plain truncation would: the answer is lost
+        assert scores[1] == pytest.approx(scores[2], abs=1e-4), scores

@@ -37,7 +37,14 @@ class BatchingInfo(_message.Message):
     def __init__(self, max_batch_size: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_wait_ms: _Optional[float] = ..., max_queue_items: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_id", "model_path", "device", "dtype", "max_input_tokens", "dimension", "labels", "batching", "version", "max_items_per_request", "max_chars_per_item", "fallback_reason", "dtype_reason")
+    __slots__ = ("model_id", "model_path", "device", "dtype", "max_input_tokens", "dimension", "labels", "batching", "version", "max_items_per_request", "max_chars_per_item", "fallback_reason", "dtype_reason", "prompts", "vocab_size")
+    class PromptsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +58,8 @@ class ModelInfo(_message.Message):
     MAX_CHARS_PER_ITEM_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
     DTYPE_REASON_FIELD_NUMBER: _ClassVar[int]
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     model_path: str
     device: str
@@ -64,7 +73,9 @@ class ModelInfo(_message.Message):
     max_chars_per_item: int
     fallback_reason: str
     dtype_reason: str
-    def __init__(self, model_id: _Optional[str] = ..., model_path: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., max_input_tokens: _Optional[int] = ..., dimension: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., batching: _Optional[_Union[BatchingInfo, _Mapping]] = ..., version: _Optional[str] = ..., max_items_per_request: _Optional[int] = ..., max_chars_per_item: _Optional[int] = ..., fallback_reason: _Optional[str] = ..., dtype_reason: _Optional[str] = ...) -> None: ...
+    prompts: _containers.ScalarMap[str, str]
+    vocab_size: int
+    def __init__(self, model_id: _Optional[str] = ..., model_path: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., max_input_tokens: _Optional[int] = ..., dimension: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., batching: _Optional[_Union[BatchingInfo, _Mapping]] = ..., version: _Optional[str] = ..., max_items_per_request: _Optional[int] = ..., max_chars_per_item: _Optional[int] = ..., fallback_reason: _Optional[str] = ..., dtype_reason: _Optional[str] = ..., prompts: _Optional[_Mapping[str, str]] = ..., vocab_size: _Optional[int] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()

@@ -25,17 +25,27 @@ _sym_db = _symbol_database.Default()
 from torchgate.v1 import common_pb2 as torchgate_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctorchgate/v1/embedding.proto\x12\x0ctorchgate.v1\x1a\x19torchgate/v1/common.proto\"e\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x11\n\tnormalize\x18\x02 \x01(\x08\x12\x10\n\x08truncate\x18\x03 \x01(\x08\x12\x12\n\ndimensions\x18\x04 \x01(\r\x12\r\n\x05model\x18\x05 \x01(\t\"\x9e\x01\n\rEmbedResponse\x12\x12\n\nembeddings\x18\x01 \x01(\x0c\x12\x11\n\tdimension\x18\x02 \x01(\r\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\r\n\x05model\x18\x04 \x01(\t\x12\"\n\x05usage\x18\x05 \x01(\x0b\x32\x13.torchgate.v1.Usage\x12$\n\x06timing\x18\x06 \x01(\x0b\x32\x14.torchgate.v1.Timing2\x90\x01\n\x10\x45mbeddingService\x12@\n\x05\x45mbed\x12\x1a.torchgate.v1.EmbedRequest\x1a\x1b.torchgate.v1.EmbedResponse\x12:\n\x04Info\x12\x19.torchgate.v1.InfoRequest\x1a\x17.torchgate.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctorchgate/v1/embedding.proto\x12\x0ctorchgate.v1\x1a\x19torchgate/v1/common.proto\"\xb9\x01\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x11\n\tnormalize\x18\x02 \x01(\x08\x12\x10\n\x08truncate\x18\x03 \x01(\x08\x12\x12\n\ndimensions\x18\x04 \x01(\r\x12\r\n\x05model\x18\x05 \x01(\t\x12)\n\ttoken_ids\x18\x06 \x03(\x0b\x32\x16.torchgate.v1.TokenIds\x12\x13\n\x0bprompt_name\x18\x07 \x01(\t\x12\x12\n\ninput_type\x18\x08 \x01(\t\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"K\n\x0fTokenizeRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x1a\n\x12\x61\x64\x64_special_tokens\x18\x02 \x01(\x08\x12\r\n\x05model\x18\x03 \x01(\t\"O\n\x05Token\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0f\n\x07special\x18\x03 \x01(\x08\x12\r\n\x05start\x18\x04 \x01(\r\x12\x0c\n\x04stop\x18\x05 \x01(\r\"-\n\x06Tokens\x12#\n\x06tokens\x18\x01 \x03(\x0b\x32\x13.torchgate.v1.Token\"H\n\x10TokenizeResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.torchgate.v1.Tokens\x12\r\n\x05model\x18\x02 \x01(\t\"\x9e\x01\n\rEmbedResponse\x12\x12\n\nembeddings\x18\x01 \x01(\x0c\x12\x11\n\tdimension\x18\x02 \x01(\r\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\r\n\x05model\x18\x04 \x01(\t\x12\"\n\x05usage\x18\x05 \x01(\x0b\x32\x13.torchgate.v1.Usage\x12$\n\x06timing\x18\x06 \x01(\x0b\x32\x14.torchgate.v1.Timing2\xdb\x01\n\x10\x45mbeddingService\x12@\n\x05\x45mbed\x12\x1a.torchgate.v1.EmbedRequest\x1a\x1b.torchgate.v1.EmbedResponse\x12I\n\x08Tokenize\x12\x1d.torchgate.v1.TokenizeRequest\x1a\x1e.torchgate.v1.TokenizeResponse\x12:\n\x04Info\x12\x19.torchgate.v1.InfoRequest\x1a\x17.torchgate.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'torchgate.v1.embedding_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EMBEDREQUEST']._serialized_start=73
-  _globals['_EMBEDREQUEST']._serialized_end=174
-  _globals['_EMBEDRESPONSE']._serialized_start=177
-  _globals['_EMBEDRESPONSE']._serialized_end=335
-  _globals['_EMBEDDINGSERVICE']._serialized_start=338
-  _globals['_EMBEDDINGSERVICE']._serialized_end=482
+  _globals['_EMBEDREQUEST']._serialized_start=74
+  _globals['_EMBEDREQUEST']._serialized_end=259
+  _globals['_TOKENIDS']._serialized_start=261
+  _globals['_TOKENIDS']._serialized_end=284
+  _globals['_TOKENIZEREQUEST']._serialized_start=286
+  _globals['_TOKENIZEREQUEST']._serialized_end=361
+  _globals['_TOKEN']._serialized_start=363
+  _globals['_TOKEN']._serialized_end=442
+  _globals['_TOKENS']._serialized_start=444
+  _globals['_TOKENS']._serialized_end=489
+  _globals['_TOKENIZERESPONSE']._serialized_start=491
+  _globals['_TOKENIZERESPONSE']._serialized_end=563
+  _globals['_EMBEDRESPONSE']._serialized_start=566
+  _globals['_EMBEDRESPONSE']._serialized_end=724
+  _globals['_EMBEDDINGSERVICE']._serialized_start=727
+  _globals['_EMBEDDINGSERVICE']._serialized_end=946
 # @@protoc_insertion_point(module_scope)

@@ -41,6 +41,11 @@ class EmbeddingServiceStub:
                 request_serializer=torchgate_dot_v1_dot_embedding__pb2.EmbedRequest.SerializeToString,
                 response_deserializer=torchgate_dot_v1_dot_embedding__pb2.EmbedResponse.FromString,
                 _registered_method=True)
+        self.Tokenize = channel.unary_unary(
+                '/torchgate.v1.EmbeddingService/Tokenize',
+                request_serializer=torchgate_dot_v1_dot_embedding__pb2.TokenizeRequest.SerializeToString,
+                response_deserializer=torchgate_dot_v1_dot_embedding__pb2.TokenizeResponse.FromString,
+                _registered_method=True)
         self.Info = channel.unary_unary(
                 '/torchgate.v1.EmbeddingService/Info',
                 request_serializer=torchgate_dot_v1_dot_common__pb2.InfoRequest.SerializeToString,
@@ -58,6 +63,13 @@ class EmbeddingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Tokenize(self, request, context):
+        """The served model's tokens of each text, with their character offsets.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Info(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -71,6 +83,11 @@ def add_EmbeddingServiceServicer_to_server(servicer, server):
                     servicer.Embed,
                     request_deserializer=torchgate_dot_v1_dot_embedding__pb2.EmbedRequest.FromString,
                     response_serializer=torchgate_dot_v1_dot_embedding__pb2.EmbedResponse.SerializeToString,
+            ),
+            'Tokenize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Tokenize,
+                    request_deserializer=torchgate_dot_v1_dot_embedding__pb2.TokenizeRequest.FromString,
+                    response_serializer=torchgate_dot_v1_dot_embedding__pb2.TokenizeResponse.SerializeToString,
             ),
             'Info': grpc.unary_unary_rpc_method_handler(
                     servicer.Info,
@@ -106,6 +123,33 @@ class EmbeddingService:
             '/torchgate.v1.EmbeddingService/Embed',
             torchgate_dot_v1_dot_embedding__pb2.EmbedRequest.SerializeToString,
             torchgate_dot_v1_dot_embedding__pb2.EmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tokenize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/torchgate.v1.EmbeddingService/Tokenize',
+            torchgate_dot_v1_dot_embedding__pb2.TokenizeRequest.SerializeToString,
+            torchgate_dot_v1_dot_embedding__pb2.TokenizeResponse.FromString,
             options,
             channel_credentials,
             insecure,

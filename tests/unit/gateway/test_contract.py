@@ -155,8 +155,10 @@ async def test_the_schema_states_the_same_text_rules_and_worker_limits(client):
             assert text["description"]
         assert any(text.get("maxLength") == limits.max_chars for text in texts), route
     embeddings = schema_of(openapi, "/v1/embeddings")["properties"]
-    lists = [branch for branch in embeddings["input"]["anyOf"] if branch.get("type") == "array"]
+    as_texts, as_token_ids = (kind["anyOf"] for kind in embeddings["input"]["oneOf"])
+    lists = [branch for branch in as_texts if branch.get("type") == "array"]
     assert [branch["maxItems"] for branch in lists] == [limits_of(client, "/v1/embeddings").max_items]
+    assert as_token_ids[1]["maxItems"] == limits_of(client, "/v1/embeddings").max_items
     assert embeddings["dimensions"]["maximum"] == limits_of(client, "/v1/embeddings").dimension
     [integer] = [branch for branch in embeddings["dimensions"]["anyOf"] if branch.get("type") == "integer"]
     assert (integer["minimum"], integer["maximum"]) == (1, UINT32_MAX)

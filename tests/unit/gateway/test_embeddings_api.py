@@ -45,7 +45,7 @@ async def test_invalid_input_is_refused_at_the_edge_with_what_to_fix(fake_embedd
         too_many = await client.post("/v1/embeddings", json={"input": ["x"] * 17})
         too_wide = await client.post("/v1/embeddings", json={"input": "x", "dimensions": 9})
         wrong_model = await client.post("/v1/embeddings", json={"input": "x", "model": "gpt-4"})
-        wrong_shape = await client.post("/v1/embeddings", json={"input": [1, 2]})
+        wrong_shape = await client.post("/v1/embeddings", json={"input": [1, "two"]})
         overlong = await client.post("/v1/embeddings", json={"input": "word " * 80, "truncate": False})
     assert blank.status_code == 422
     assert blank.json()["error"] == {"type": "invalid_request_error",
