@@ -5,6 +5,7 @@ import threading
 
 import numpy as np
 
+from services.classifier.head import IntentScores
 from services.gpu.readings import DeviceReading, Readings
 from services.runtime.adapter import ModelAdapter, ModelDescription, Prepared
 
@@ -105,6 +106,10 @@ class FakeIntentAdapter(FakeAdapter):
         scores = np.array([[3.0 if keyword in text else 0.0 for keyword in INTENT_KEYWORDS.values()]
                            for text in prepared.features]) + 0.1
         return scores / scores.sum(axis=1, keepdims=True)
+
+    def postprocess(self, prepared: Prepared, output: np.ndarray) -> list[IntentScores]:
+        """Texts without any keyword lie beyond every intent."""
+        return [IntentScores(row, bool(row.max() < 0.5)) for row in output]
 
 
 class OneGpu(Readings):

@@ -16,6 +16,7 @@ MAX_BATCH = 100
 MAX_TOP_K = 100
 
 ClassifierText = text_type("classifier")
+FORCE_INTENT = Field(False, description="Answer the best real intent even for a text no intent covers.")
 
 
 class ClassifyRequest(ModelRequest):
@@ -24,6 +25,7 @@ class ClassifyRequest(ModelRequest):
     text: ClassifierText = Field(None, description="One text (or use `texts`).")
     texts: texts_type("classifier") = Field(None, description="Several texts (or use `text`).")
     top_k: json_int(1, MAX_TOP_K) | None = Field(None, description="How many intents to list per text (3 by default).")
+    force_intent: bool = FORCE_INTENT
 
     @model_validator(mode="after")
     def one_of_text_or_texts(self):
@@ -34,18 +36,21 @@ class ClassifyRequest(ModelRequest):
 
 class BetterPromptsRequest(RequestBody):
     text: ClassifierText = Field(description="The text to classify.")
+    force_intent: bool = FORCE_INTENT
 
 
 class BetterPromptsBatchRequest(RequestBody):
     texts: list[ClassifierText] = Field(min_length=1, json_schema_extra={"maxItems": MAX_BATCH},
                                         description=f"At most {MAX_BATCH} texts; more is a 413.")
+    force_intent: bool = FORCE_INTENT
 
 
 async def _classify(request: Request, texts: list[str], field: str, top_k: int = 0, model: str = "",
-                    timeout: float | None = None) -> classifier_pb2.ClassifyResponse:
+                    timeout: float | None = None, force_intent: bool = False) -> classifier_pb2.ClassifyResponse:
     client = model_pool(request, "classifier", model)
     enforce_texts(client.limits, texts, field, client.name)
-    return await client.call("Classify", classifier_pb2.ClassifyRequest(texts=texts, top_k=top_k, model=model),
+    return await client.call("Classify", classifier_pb2.ClassifyRequest(texts=texts, top_k=top_k, model=model,
+                                                                        force_intent=force_intent),
                              request_timeout(request, client, timeout))
 
 
@@ -82,14 +87,15 @@ def _better_prompts(result: classifier_pb2.Classification, reply: classifier_pb2
 @router.post("/v1/classify", response_class=JSONResponse)
 async def classify(body: ClassifyRequest, request: Request):
     field, texts = ("text", [body.text]) if "text" in body.model_fields_set else ("texts", body.texts)
-    reply = await _classify(request, texts, field, body.top_k or 0, body.model or "", body.timeout)
+    reply = await _classify(request, texts, field, body.top_k or 0, body.model or "", body.timeout,
+                            body.force_intent)
     return JSONResponse({"results": [_result(r) for r in reply.results], "model": reply.model,
                          "usage": {"total_tokens": reply.usage.total_tokens}})
 
 
 @router.post("/api/v1/intents/classify", response_class=JSONResponse)
 async def classify_one(body: BetterPromptsRequest, request: Request):
-    reply = await _classify(request, [body.text], "text")
+    reply = await _classify(request, [body.text], "text", force_intent=body.force_intent)
     return JSONResponse(_better_prompts(reply.results[0], reply))
 
 
@@ -98,7 +104,7 @@ async def classify_batch(body: BetterPromptsBatchRequest, request: Request):
     if len(body.texts) > MAX_BATCH:
         raise ApiError(413, "request_too_large",
                        f"texts has {len(body.texts)} items; at most {MAX_BATCH} per batch: split the request")
-    reply = await _classify(request, body.texts, "texts")
+    reply = await _classify(request, body.texts, "texts", force_intent=body.force_intent)
     return JSONResponse({"results": [_better_prompts(r, reply) for r in reply.results]})
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from services.classifier.examples import load_examples
-from services.classifier.head import softmax, train
+from services.classifier.head import IntentScores, ScopeThreshold, learn_scope_threshold, softmax, train
 from services.embedding.adapter import EmbeddingAdapter
 from services.runtime.adapter import ModelAdapter, ModelDescription, Prepared, SpecAdapter
 from services.runtime.precision import SELF_CHECK_BATCH, score_agreement
@@ -18,11 +18,18 @@ CHARS_PER_TOKEN = 4
 
 
 class FewShotAdapter(ModelAdapter):
-    """Embeds texts with the embedding adapter; a head trained at start-up on the example file classifies."""
+    """Embeds texts with the embedding adapter; a head trained at start-up on the example file classifies.
 
-    def __init__(self, embedding: EmbeddingAdapter, examples: Path):
+    With `out_of_scope` (an intent name), a threshold learned from the examples marks texts whose nearest
+    in-scope example is too far as belonging to no intent (head.learn_scope_threshold); examples listed under
+    that name train it as a class of its own.
+    """
+
+    def __init__(self, embedding: EmbeddingAdapter, examples: Path, out_of_scope: str | None = None):
         self.embedding = embedding
         self.examples_path = examples
+        self.out_of_scope = out_of_scope
+        self.scope: ScopeThreshold | None = None
 
     def load(self) -> ModelDescription:
         described = self.embedding.load()
@@ -30,11 +37,21 @@ class FewShotAdapter(ModelAdapter):
         self.examples = load_examples(self.examples_path)
         vectors = np.vstack([self._embed(self.examples.texts[i:i + 64])
                              for i in range(0, len(self.examples.texts), 64)])
-        self.head = train(vectors, np.array(self.examples.labels), len(self.examples.intents))
+        labels = np.array(self.examples.labels)
+        self.head = train(vectors, labels, len(self.examples.intents))
+        scope_label = (self.examples.intents.index(self.out_of_scope)
+                       if self.out_of_scope in self.examples.intents else None)
+        self.in_scope_examples = vectors[labels != scope_label]
+        if self.out_of_scope:
+            self.scope = learn_scope_threshold(vectors, labels, self.head.held_out_predictions == labels, scope_label)
         log.info("few-shot head trained", extra={
             "intents": len(self.examples.intents), "examples": len(self.examples.texts),
             "cv_accuracy": round(self.head.cv_accuracy, 3), "temperature": round(self.head.temperature, 3),
-            "examples_file": str(self.examples_path)})
+            "examples_file": str(self.examples_path),
+            **({"out_of_scope_threshold": round(self.scope.threshold, 4),
+                "cv_in_scope_accuracy": round(self.scope.in_scope_accuracy, 3),
+                "cv_out_of_scope_recall": round(self.scope.out_of_scope_recall, 3),
+                "cv_scope_accuracy": round(self.scope.accuracy, 3)} if self.scope else {})})
         described.model_id = f"few-shot:{described.model_id}"
         described.labels = list(self.examples.intents)
         described.dimension = 0
@@ -56,11 +73,15 @@ class FewShotAdapter(ModelAdapter):
     def preprocess(self, texts: list[str]) -> Prepared:
         return self.embedding.preprocess(texts)
 
-    def forward(self, prepared: Prepared) -> np.ndarray:
-        return self.head.probabilities(normalized(self.embedding.forward(prepared)))
+    def forward(self, prepared: Prepared) -> tuple[np.ndarray, np.ndarray]:
+        vectors = normalized(self.embedding.forward(prepared))
+        return self.head.probabilities(vectors), (vectors @ self.in_scope_examples.T).max(axis=1)
 
-    def postprocess(self, prepared: Prepared, output: np.ndarray) -> list[np.ndarray]:
-        return list(output)
+    def postprocess(self, prepared: Prepared, output: tuple[np.ndarray, np.ndarray]) -> list[IntentScores]:
+        probabilities, nearest = output
+        threshold = self.scope.threshold if self.scope else -np.inf
+        return [IntentScores(row, bool(similarity < threshold)) for row, similarity in zip(probabilities, nearest,
+                                                                                           strict=True)]
 
 
 class CheckpointAdapter(SpecAdapter):
@@ -101,8 +122,8 @@ class CheckpointAdapter(SpecAdapter):
     def forward(self, prepared: Prepared) -> np.ndarray:
         return softmax(self.classification.logits(prepared))
 
-    def postprocess(self, prepared: Prepared, output: np.ndarray) -> list[np.ndarray]:
-        return list(output)
+    def postprocess(self, prepared: Prepared, output: np.ndarray) -> list[IntentScores]:
+        return [IntentScores(row) for row in output]
 
 
 def normalized(vectors: np.ndarray) -> np.ndarray:

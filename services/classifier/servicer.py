@@ -7,6 +7,7 @@ import numpy as np
 
 from services.classifier.adapter import CheckpointAdapter, FewShotAdapter
 from services.classifier.complexity import LEVELS, TechniqueTable, complexity
+from services.classifier.head import IntentScores
 from services.classifier.settings import ClassifierSettings
 from services.embedding.adapter import EmbeddingAdapter
 from services.runtime.adapter import ModelSpec
@@ -15,6 +16,8 @@ from services.runtime.validation import validate_model_name, validate_texts
 from torchgate.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
 
 DEFAULT_TOP_K = 3
+OUT_OF_SCOPE_DESCRIPTION = ("None of the intents applies: the text is farther from every intent's examples than "
+                            "the threshold learned from the example file.")
 
 
 class ClassifierServicer(ModelServicer, classifier_pb2_grpc.ClassifierServiceServicer):
@@ -24,6 +27,9 @@ class ClassifierServicer(ModelServicer, classifier_pb2_grpc.ClassifierServiceSer
     def __init__(self, adapter, settings: ClassifierSettings):
         super().__init__(adapter, settings)
         self.techniques = TechniqueTable.load(settings.techniques)
+        # Only the few-shot head learns where its intents end; a checkpoint always answers one of its labels.
+        few_shot = isinstance(adapter, FewShotAdapter) or settings.backend == "few_shot"
+        self.out_of_scope = settings.out_of_scope_intent if settings.out_of_scope and few_shot else ""
 
     def add_to_server(self, server) -> None:
         classifier_pb2_grpc.add_ClassifierServiceServicer_to_server(self, server)
@@ -34,13 +40,14 @@ class ClassifierServicer(ModelServicer, classifier_pb2_grpc.ClassifierServiceSer
         texts = list(request.texts)
         validate_texts(texts, self.settings.max_items_per_request, self.settings.max_chars_per_item)
         validate_model_name(request.model, model.model_id)
-        top_k = min(request.top_k or DEFAULT_TOP_K, len(model.labels))
+        real = [i for i, label in enumerate(model.labels) if label != self.out_of_scope]
+        top_k = min(request.top_k or DEFAULT_TOP_K, len(real))
         outcome = await self.run_batched(texts, context)
         tokens = sum(outcome.token_counts)
         # Complexity scoring reads every character of every text: off the event loop, like the model.
         results = await asyncio.to_thread(
-            lambda: [self._classification(text, probabilities, model.labels, top_k)
-                     for text, probabilities in zip(texts, outcome.results, strict=True)])
+            lambda: [self._classification(text, scores, model.labels, real, top_k, request.force_intent)
+                     for text, scores in zip(texts, outcome.results, strict=True)])
         return classifier_pb2.ClassifyResponse(
             results=results,
             model=model.model_id,
@@ -48,14 +55,18 @@ class ClassifierServicer(ModelServicer, classifier_pb2_grpc.ClassifierServiceSer
             timing=timing(outcome, started),
         )
 
-    def _classification(self, text: str, probabilities: np.ndarray, labels: list[str],
-                        top_k: int) -> classifier_pb2.Classification:
-        best = np.argsort(-probabilities)[:top_k]
-        intent = labels[best[0]]
+    def _classification(self, text: str, scores: IntentScores, labels: list[str], real: list[int], top_k: int,
+                        force_intent: bool) -> classifier_pb2.Classification:
+        probabilities = scores.probabilities
+        best = sorted(real, key=lambda i: -probabilities[i])[:top_k]
+        predicted = labels[int(np.argmax(probabilities))]
+        beyond = self.out_of_scope and not force_intent and (scores.beyond_intents or predicted == self.out_of_scope)
+        intent = self.out_of_scope if beyond else labels[best[0]]
+        confidence = 1 - probabilities[best[0]] if beyond else probabilities[best[0]]
         level, score = complexity(text)
         return classifier_pb2.Classification(
             intent=intent,
-            confidence=float(probabilities[best[0]]),
+            confidence=float(confidence),
             top=[classifier_pb2.IntentScore(intent=labels[i], score=float(probabilities[i])) for i in best],
             complexity=classifier_pb2.Complexity(level=level, score=score),
             suggested_techniques=self.techniques.suggest(intent, level),
@@ -63,11 +74,13 @@ class ClassifierServicer(ModelServicer, classifier_pb2_grpc.ClassifierServiceSer
 
     async def ListIntents(self, request, context) -> classifier_pb2.ListIntentsResponse:
         self.ready_model()
-        return classifier_pb2.ListIntentsResponse(
-            intents=[classifier_pb2.Intent(name=name, description=description, examples=count)
-                     for name, description, count in self.adapter.intents()],
-            complexity_levels=LEVELS,
-        )
+        intents = [classifier_pb2.Intent(name=name, description=description, examples=count)
+                   for name, description, count in self.adapter.intents() if name != self.out_of_scope]
+        if self.out_of_scope:
+            examples = dict((name, count) for name, _, count in self.adapter.intents()).get(self.out_of_scope, 0)
+            intents.append(classifier_pb2.Intent(name=self.out_of_scope, description=OUT_OF_SCOPE_DESCRIPTION,
+                                                 examples=examples))
+        return classifier_pb2.ListIntentsResponse(intents=intents, complexity_levels=LEVELS)
 
 
 def build(settings: ClassifierSettings) -> ClassifierServicer:
@@ -75,5 +88,6 @@ def build(settings: ClassifierSettings) -> ClassifierServicer:
     if settings.backend == "checkpoint":
         adapter = CheckpointAdapter(spec)
     else:
-        adapter = FewShotAdapter(EmbeddingAdapter(spec), settings.examples)
+        adapter = FewShotAdapter(EmbeddingAdapter(spec), settings.examples,
+                                 settings.out_of_scope_intent if settings.out_of_scope else None)
     return ClassifierServicer(adapter, settings)

@@ -24,5 +24,10 @@ class ClassifierSettings(ModelWorkerSettings):
                        description="few_shot: the embedding model; checkpoint: the model directory or id.")
     examples: Path = Field(DATA / "intents.yaml", description="Labelled examples (YAML or JSONL) for few_shot.")
     techniques: Path = Field(DATA / "techniques.yaml", description="Intent/complexity -> techniques table.")
+    out_of_scope: bool = Field(True, description="few_shot: answer `out_of_scope_intent` for texts no intent covers "
+                                                 "(threshold learned from the example file); false: always an intent.")
+    out_of_scope_intent: str = Field("out_of_scope", min_length=1, max_length=64,
+                                     description="The intent name of texts no intent covers; examples listed under "
+                                                 "it in the example file train it as a class of its own.")
     max_items_per_request: int = Field(100, ge=1, description="Most texts in one request.")
     max_chars_per_item: int = Field(8192, ge=1, description="Most characters in one text.")

@@ -53,8 +53,10 @@ async def test_list_intents_reports_the_example_file(default_classifier):
         stub = classifier_pb2_grpc.ClassifierServiceStub(channel)
         intents = await stub.ListIntents(classifier_pb2.ListIntentsRequest())
         info = await stub.Info(common_pb2.InfoRequest())
-    assert len(intents.intents) == 10 and all(i.examples >= 15 for i in intents.intents)
-    assert list(info.labels) == [i.name for i in intents.intents]
+    *learned, out_of_scope = intents.intents
+    assert len(learned) == 10 and all(i.examples >= 15 for i in learned)
+    assert list(info.labels) == [i.name for i in learned]
+    assert (out_of_scope.name, out_of_scope.examples) == ("out_of_scope", 0)
 
 
 CUSTOM_INTENTS = {

@@ -5,7 +5,14 @@ import pytest
 
 from services.classifier.complexity import TechniqueTable, complexity
 from services.classifier.examples import load_examples
-from services.classifier.head import Head, calibrate_temperature, softmax, train
+from services.classifier.head import (
+    IN_SCOPE_RETENTION,
+    Head,
+    calibrate_temperature,
+    learn_scope_threshold,
+    softmax,
+    train,
+)
 from services.classifier.settings import DATA
 
 
@@ -116,3 +123,35 @@ def test_a_separable_set_keeps_sharp_probabilities_after_calibration():
     points, labels = clusters(np.random.default_rng(8), classes=4, per_class=15, dimension=32, spread=0.3)
     head = train(points, labels, 4)
     assert head.probabilities(points).max(axis=1).min() > 0.5
+
+
+def directions(centres: list[int], per_cluster: int = 10, spread: float = 0.15, dimension: int = 16, seed: int = 0):
+    """Unit vectors scattered around the given basis directions, labelled by cluster."""
+    rng = np.random.default_rng(seed)
+    points = np.concatenate([np.eye(dimension)[c] + spread * rng.standard_normal((per_cluster, dimension))
+                             for c in centres])
+    return points / np.linalg.norm(points, axis=1, keepdims=True), np.repeat(np.arange(len(centres)), per_cluster)
+
+
+def test_the_scope_threshold_separates_intents_held_out_in_turn_from_the_rest():
+    points, labels = directions([0, 1, 2])
+    scope = learn_scope_threshold(points, labels, np.ones(len(labels), dtype=bool))
+    within = (points[:10] @ points[:10].T)[~np.eye(10, dtype=bool)].min()
+    across = (points[:10] @ points[10:].T).max()
+    assert across < scope.threshold <= within
+    assert (scope.in_scope_accuracy, scope.out_of_scope_recall, scope.accuracy) == (1.0, 1.0, 1.0)
+
+
+def test_the_threshold_keeps_the_in_scope_texts_the_head_gets_right():
+    points, labels = directions([0, 0, 1], spread=0.6)  # two intents share a direction: hard to tell apart
+    correct = np.ones(len(labels), dtype=bool)
+    scope = learn_scope_threshold(points, labels, correct)
+    assert scope.in_scope_accuracy >= IN_SCOPE_RETENTION
+    wrong = learn_scope_threshold(points, labels, np.zeros(len(labels), dtype=bool))
+    assert wrong.in_scope_accuracy == 0.0, "an in-scope text the head gets wrong is never right"
+
+
+def test_examples_labelled_out_of_scope_play_that_role_and_are_not_references():
+    points, labels = directions([0, 1, 2, 3])
+    scope = learn_scope_threshold(points, labels, labels != 3, out_of_scope_label=3)
+    assert scope.out_of_scope_recall == 1.0 and scope.in_scope_accuracy == 1.0

@@ -56,7 +56,7 @@ async def test_better_prompts_compatible_routes(client):
     assert body["intent"] == "greeting" and body["complexity"] in ("simple", "moderate", "complex")
     assert body["metadata"]["model"] == "test/fake-model"
     assert [r["intent"] for r in batch.json()["results"]] == ["greeting", "farewell"]
-    assert [i["name"] for i in types.json()["intents"]] == ["greeting", "farewell", "question"]
+    assert [i["name"] for i in types.json()["intents"]] == ["greeting", "farewell", "question", "out_of_scope"]
     assert types.json()["complexity_levels"] == ["simple", "moderate", "complex"]
 
 
@@ -74,3 +74,19 @@ async def test_a_dead_classifier_is_a_503():
     async with gateway_client(unused_address()) as client:
         reply = await client.post("/api/v1/intents/classify", json={"text": "hello"})
     assert reply.status_code == 503 and reply.json()["error"]["upstream"] == "classifier"
+
+
+async def test_texts_no_intent_covers_are_out_of_scope_unless_an_intent_is_forced(client):
+    plain = await client.post("/v1/classify", json={"texts": ["hello", "the weather is mild"], "top_k": 3})
+    forced = await client.post("/v1/classify", json={"text": "the weather is mild", "force_intent": True})
+    better = await client.post("/api/v1/intents/classify", json={"text": "the weather is mild"})
+    better_forced = await client.post("/api/v1/intents/classify/batch",
+                                      json={"texts": ["the weather is mild"], "force_intent": True})
+    inside, outside = plain.json()["results"]
+    assert inside["intent"] == "greeting"
+    assert outside["intent"] == "out_of_scope"
+    assert [t["intent"] for t in outside["top"]] == ["greeting", "farewell", "question"], "real intents only"
+    assert outside["confidence"] == pytest.approx(1 - outside["top"][0]["score"], abs=1e-5)
+    assert forced.json()["results"][0]["intent"] == "greeting"
+    assert better.json()["intent"] == "out_of_scope" and better.json()["suggested_techniques"][0] == "zero_shot"
+    assert better_forced.json()["results"][0]["intent"] != "out_of_scope"
