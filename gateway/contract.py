@@ -22,7 +22,8 @@ MAX_NAME_CHARS = 256
 NON_BLANK = r"[^\t\n\v\f\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 # Where a worker-published limit applies: "<upstream>.<limit>", replaced by the number in the schema.
 LIMIT_KEY = "x-torchgate-limit"
-_LIMIT_KEYWORDS = {"max_items": "maxItems", "max_chars": "maxLength", "dimension": "maximum"}
+_LIMIT_KEYWORDS = {"max_items": "maxItems", "max_chars": "maxLength", "dimension": "maximum",
+                   "max_token_id": "maximum", "prompt_names": "enum"}
 
 
 def _valid_unicode(value: str) -> str:
@@ -61,21 +62,24 @@ def texts_type(upstream: str) -> Any:
                                                       json_schema_extra={LIMIT_KEY: f"{upstream}.max_items"})]
 
 
+# JSON numbers that can be token ids (JSON Schema counts 7.0 as an integer); a list starting with one is ids.
+_NUMBERS = (int, float)
+
+
 def _one_or_many_token_ids(value: Any) -> Any:
-    return [value] if isinstance(value, list) and value and type(value[0]) is int else value
-
-
-# Token ids as input, OpenAI style: one list of ints, or a list of such lists (the served model's own ids).
-TokenIds = Annotated[list[json_int(0, UINT32_MAX)], Field(min_length=1, description="The model's own token ids.")]
+    return [value] if isinstance(value, list) and value and type(value[0]) in _NUMBERS else value
 
 
 def _input_kind(value: Any) -> str:
-    is_ids = isinstance(value, list) and bool(value) and type(value[0]) in (int, list)
+    is_ids = isinstance(value, list) and bool(value) and type(value[0]) in (*_NUMBERS, list)
     return AS_TOKEN_IDS if is_ids else AS_TEXTS
 
 
 def texts_or_token_ids(upstream: str) -> Any:
-    """A text, a list of texts, a list of token ids or a list of such lists; told apart by the first item."""
+    """A text, a list of texts, the model's token ids (OpenAI style: one list of ints, or a list of such lists);
+    told apart by the first item. Ids are bounded by the vocabulary the worker published."""
+    token_id = Annotated[json_int(0, UINT32_MAX), Field(json_schema_extra={LIMIT_KEY: f"{upstream}.max_token_id"})]
+    TokenIds = Annotated[list[token_id], Field(min_length=1, description="The model's own token ids.")]  # noqa: N806
     many = Annotated[list[TokenIds], Field(min_length=1, json_schema_extra={LIMIT_KEY: f"{upstream}.max_items"})]
     token_ids = Annotated[many, BeforeValidator(_one_or_many_token_ids, json_schema_input_type=TokenIds | many)]
     return Annotated[Annotated[one_or_many_texts(upstream), Tag(AS_TEXTS)] | Annotated[token_ids, Tag(AS_TOKEN_IDS)],
@@ -104,10 +108,13 @@ class Limits:
     max_items: int
     max_chars: int
     dimension: int
+    max_token_id: int = 0
+    prompt_names: tuple[str | None, ...] = (None,)  # null: no prompt
 
     @classmethod
     def from_info(cls, info) -> "Limits":
-        return cls(info.model_id, info.max_items_per_request, info.max_chars_per_item, info.dimension)
+        return cls(info.model_id, info.max_items_per_request, info.max_chars_per_item, info.dimension,
+                   max(info.vocab_size - 1, 0), (None, *sorted(info.prompts)))
 
     def names(self) -> tuple[str, str]:
         """The names a request may use for the model: its full id or its last path part."""
@@ -146,7 +153,8 @@ def publish_limits(schema: dict, limits: dict[str, Limits | None]) -> dict:
                 upstream, _, name = tag.partition(".")
                 known = limits.get(upstream)
                 if known is not None:
-                    node[_LIMIT_KEYWORDS[name]] = getattr(known, name)
+                    value = getattr(known, name)
+                    node[_LIMIT_KEYWORDS[name]] = list(value) if isinstance(value, tuple) else value
             for value in node.values():
                 visit(value)
         elif isinstance(node, list):

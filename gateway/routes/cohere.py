@@ -8,7 +8,7 @@ from pydantic import Field
 
 from gateway.contract import LIMIT_KEY, UINT32_MAX, enforce_texts, json_int, text_type, texts_type
 from gateway.dependencies import ModelRequest, model_pool, request_timeout
-from gateway.errors import MODEL_ROUTE_ERRORS, ApiError
+from gateway.errors import MODEL_ROUTE_ERRORS
 from gateway.quantize import EMBEDDING_TYPES, by_type
 from gateway.responses import JSONResponse
 from gateway.routes.embeddings import embed
@@ -28,8 +28,8 @@ class CohereEmbedRequest(ModelRequest):
         ["float"], min_length=1, max_length=len(EMBEDDING_TYPES),
         description="int8/uint8: round(x*127) and round((x+1)*127.5); binary/ubinary: sign bits packed 8 per "
                     "byte (binary = ubinary - 128); base64: float32 little-endian bytes.")
-    truncate: Literal["NONE", "END", "START"] = Field("END", description="END cuts long texts at the end; NONE "
-                                                      "makes them a 400; START is not supported (a 422).")
+    truncate: Literal["NONE", "END"] = Field("END", description="END cuts long texts at the end; NONE makes them "
+                                             "a 400 (START is not supported).")
     output_dimension: json_int(1, UINT32_MAX) | None = Field(
         None, json_schema_extra={LIMIT_KEY: "embedding.dimension"}, description="Keep only the first N dimensions.")
 
@@ -46,8 +46,6 @@ class CohereRerankRequest(ModelRequest):
 
 @router.post("/v2/embed", response_class=JSONResponse)
 async def cohere_embed(body: CohereEmbedRequest, request: Request):
-    if body.truncate == "START":
-        raise ApiError(422, "invalid_request_error", "truncate START is not supported: use END or NONE")
     client = model_pool(request, "embedding", body.model)
     reply, vectors = await embed(request, client, body.texts, model=body.model, truncate=body.truncate == "END",
                                  dimensions=body.output_dimension, timeout=body.timeout, input_type=body.input_type,

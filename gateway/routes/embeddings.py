@@ -34,8 +34,9 @@ class EmbeddingsRequest(ModelRequest):
                                    description="Keep only the first N dimensions (then re-normalize).")
     user: Name | None = Field(None, description="Accepted for OpenAI compatibility; unused.")
     truncate: bool = Field(True, description="Cut texts longer than the model's limit; false makes them a 400.")
-    prompt_name: Name | None = Field(None, description="Prefix every text with this prompt of the model "
-                                                       "(/v1/models lists them); unknown names are a 400.")
+    prompt_name: Name | None = Field(None, json_schema_extra={LIMIT_KEY: "embedding.prompt_names"},
+                                     description="Prefix every text with this prompt of the model (/v1/models "
+                                                 "lists them); unknown names are a 400.")
 
 
 class TokenizeRequest(ModelRequest):

@@ -71,11 +71,9 @@ class EmbeddingServicer(ModelServicer, embedding_pb2_grpc.EmbeddingServiceServic
             for tokens in tokenized])
 
     def _token_inputs(self, request: embedding_pb2.EmbedRequest, model: ModelDescription) -> list[tuple[int, ...]]:
-        """Inputs given as token ids: used as they are, each id inside the vocabulary."""
+        """Inputs given as token ids: used as they are (prompts apply to texts only), each inside the vocabulary."""
         if request.texts:
             raise InvalidInput("send texts or token_ids, not both")
-        if request.prompt_name:
-            raise InvalidInput("prompt_name applies to texts; token_ids are embedded as they are")
         if len(request.token_ids) > self.settings.max_items_per_request:
             raise InvalidInput(f"token_ids has {len(request.token_ids)} inputs; at most "
                                f"{self.settings.max_items_per_request} are allowed per request: split the request")

@@ -50,6 +50,8 @@ async def test_token_ids_embed_exactly_as_the_text_they_encode(stub):
     tokenized = await stub.Tokenize(embedding_pb2.TokenizeRequest(texts=TEXTS, add_special_tokens=True))
     ids = [embedding_pb2.TokenIds(ids=[t.id for t in tokens.tokens]) for tokens in tokenized.results]
     np.testing.assert_allclose(await embed(stub, token_ids=ids), await embed(stub, texts=TEXTS), atol=FP32_TOLERANCE)
+    np.testing.assert_allclose(await embed(stub, token_ids=ids, prompt_name="query"), await embed(stub, texts=TEXTS),
+                               atol=FP32_TOLERANCE, err_msg="token ids are embedded as they are, prompt or not")
     reply = await stub.Embed(embedding_pb2.EmbedRequest(token_ids=ids[:1], normalize=True))
     assert reply.usage.prompt_tokens == len(ids[0].ids)
 
