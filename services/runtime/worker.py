@@ -39,6 +39,33 @@ SERVER_OPTIONS = [
 
 S = TypeVar("S", bound=WorkerSettings)
 
+# How long a draining worker keeps serving after it reported NOT_SERVING: the gateway's health-checked channels
+# hear it within milliseconds and stop sending calls before the server starts refusing them.
+HEALTH_NOTICE_S = 1.0
+
+
+class HealthService(HealthServicer):
+    """grpc.health.v1 whose Watch streams can be ended: a stopping server waits for every open call, and the
+    watchers (health-checking channels) never hang up by themselves, so a drain would always last its grace."""
+
+    def __init__(self):
+        super().__init__()
+        self._closing = asyncio.Event()
+
+    def end_watches(self) -> None:
+        self._closing.set()
+
+    async def Watch(self, request, context) -> None:
+        watching = asyncio.ensure_future(super().Watch(request, context))
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            await asyncio.wait({watching, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watching.cancel()
+            closing.cancel()
+        if watching.done() and not watching.cancelled():
+            watching.result()
+
 
 class Worker:
     """One gRPC server around one servicer; NOT_SERVING until the servicer has loaded."""
@@ -58,7 +85,7 @@ class Worker:
                      ("grpc.max_receive_message_length", settings.max_request_bytes())],
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
-        self.health = HealthServicer()
+        self.health = HealthService()
         self.loading: asyncio.Task | None = None
         self.port = 0
 
@@ -101,11 +128,15 @@ class Worker:
         await self.loading
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drain: NOT_SERVING, refuse new calls, let in-flight ones finish within `grace`, stop."""
+        """Drain: NOT_SERVING, a moment for health-checking clients to route elsewhere, refuse new calls, let
+        in-flight ones finish within `grace`, stop."""
         grace = self.settings.grace_period_s if grace is None else grace
         await self.health.enter_graceful_shutdown()
         if self.loading and not self.loading.done():
             self.loading.cancel()
+        # Calls a client sent before it heard NOT_SERVING would be cancelled by the stopping server.
+        await asyncio.sleep(min(grace, HEALTH_NOTICE_S))
+        self.health.end_watches()
         await self.server.stop(grace)
         await self.servicer.drain(grace)
 
