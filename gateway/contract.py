@@ -117,8 +117,8 @@ class Limits:
                    max(info.vocab_size - 1, 0), (None, *sorted(info.prompts)))
 
     def names(self) -> tuple[str, str]:
-        """The names a request may use for the model: its full id or its last path part."""
-        return self.model_id, self.model_id.rsplit("/", 1)[-1]
+        """The names a request may use for the model: its full id or its last path part (a directory's name)."""
+        return self.model_id, self.model_id.rstrip("/").rsplit("/", 1)[-1]
 
 
 def clip(value: str, limit: int = 80) -> str:

@@ -25,6 +25,6 @@ def validate_text(text: str, max_chars: int, field: str) -> None:
 
 def validate_model_name(requested: str, served: str) -> None:
     """An empty name means the served model; anything else must name it (full id or last path part)."""
-    if requested and requested not in (served, served.rsplit("/", 1)[-1]):
+    if requested and requested not in (served, served.rstrip("/").rsplit("/", 1)[-1]):
         shown = requested if len(requested) <= 80 else requested[:80] + "…"
         raise NotFound(f"model {shown!r} is not served here; this worker serves {served!r}")

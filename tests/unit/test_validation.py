@@ -26,6 +26,7 @@ def test_model_name_may_be_empty_full_or_short_but_nothing_else():
     validate_model_name("", "org/model")
     validate_model_name("org/model", "org/model")
     validate_model_name("model", "org/model")
+    validate_model_name("tiny", "/models/tiny/")  # a directory given with a trailing slash keeps its name
     with pytest.raises(NotFound, match="not served here"):
         validate_model_name("other", "org/model")
     with pytest.raises(NotFound) as refused:

@@ -18,6 +18,13 @@ async def second_embedding_worker():
         yield worker
 
 
+def test_a_model_is_named_by_its_id_or_the_last_part_of_it_a_trailing_slash_aside():
+    from gateway.contract import Limits
+
+    assert Limits("/models/bge-small/", 1, 1, 1).names() == ("/models/bge-small/", "bge-small")
+    assert Limits("BAAI/bge-small-en", 1, 1, 1).names() == ("BAAI/bge-small-en", "bge-small-en")
+
+
 def test_pools_are_separated_by_semicolons_and_named_in_order():
     assert pool_targets("10.0.0.1:1,10.0.0.2:1; dns:///bge:50052 ;") == ["10.0.0.1:1,10.0.0.2:1", "dns:///bge:50052"]
     assert [pool_name("embedding", i) for i in range(3)] == ["embedding", "embedding-2", "embedding-3"]
