@@ -110,15 +110,18 @@ class Limits:
     dimension: int
     max_token_id: int = 0
     prompt_names: tuple[str | None, ...] = (None,)  # null: no prompt
+    stands_in_for: str = ""  # the configured model a fallback replaces
 
     @classmethod
     def from_info(cls, info) -> "Limits":
         return cls(info.model_id, info.max_items_per_request, info.max_chars_per_item, info.dimension,
-                   max(info.vocab_size - 1, 0), (None, *sorted(info.prompts)))
+                   max(info.vocab_size - 1, 0), (None, *sorted(info.prompts)), info.stands_in_for)
 
-    def names(self) -> tuple[str, str]:
-        """The names a request may use for the model: its full id or its last path part (a directory's name)."""
-        return self.model_id, self.model_id.rstrip("/").rsplit("/", 1)[-1]
+    def names(self) -> set[str]:
+        """What a request may call the model: its id or the configured model it stands in for, each in full or by
+        its last path part (a directory's name)."""
+        ids = [self.model_id, self.stands_in_for] if self.stands_in_for else [self.model_id]
+        return {name for model_id in ids for name in (model_id, model_id.rstrip("/").rsplit("/", 1)[-1])}
 
 
 def clip(value: str, limit: int = 80) -> str:

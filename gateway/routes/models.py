@@ -27,7 +27,7 @@ async def list_models(request: Request):
             "dtype_reason": info.dtype_reason or None,
             "max_input_tokens": info.max_input_tokens, "dimension": info.dimension or None,
             "labels": list(info.labels) or None, "prompts": dict(info.prompts) or None,
-            "fallback": info.fallback_reason or None,
+            "fallback": info.fallback_reason or None, "stands_in_for": info.stands_in_for or None,
         }
         for (task, pool), info in zip(pools, infos, strict=True)
         if not isinstance(info, BaseException)

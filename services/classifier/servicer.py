@@ -39,7 +39,7 @@ class ClassifierServicer(ModelServicer, classifier_pb2_grpc.ClassifierServiceSer
         model = self.ready_model()
         texts = list(request.texts)
         validate_texts(texts, self.settings.max_items_per_request, self.settings.max_chars_per_item)
-        validate_model_name(request.model, model.model_id)
+        validate_model_name(request.model, model)
         real = [i for i, label in enumerate(model.labels) if label != self.out_of_scope]
         top_k = min(request.top_k or DEFAULT_TOP_K, len(real))
         outcome = await self.run_batched(texts, context)

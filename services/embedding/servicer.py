@@ -31,7 +31,7 @@ class EmbeddingServicer(ModelServicer, embedding_pb2_grpc.EmbeddingServiceServic
     async def Embed(self, request: embedding_pb2.EmbedRequest, context) -> embedding_pb2.EmbedResponse:
         started = time.perf_counter()
         model = self.ready_model()
-        validate_model_name(request.model, model.model_id)
+        validate_model_name(request.model, model)
         dimension = request.dimensions or model.dimension
         if dimension > model.dimension:
             raise InvalidInput(f"dimensions is {dimension} but {model.model_id} has {model.dimension}: ask for fewer")
@@ -62,7 +62,7 @@ class EmbeddingServicer(ModelServicer, embedding_pb2_grpc.EmbeddingServiceServic
         model = self.ready_model()
         texts = list(request.texts)
         validate_texts(texts, self.settings.max_items_per_request, self.settings.max_chars_per_item)
-        validate_model_name(request.model, model.model_id)
+        validate_model_name(request.model, model)
         tokenized = await asyncio.to_thread(self.adapter.tokenize, texts, request.add_special_tokens)
         return embedding_pb2.TokenizeResponse(model=model.model_id, results=[
             embedding_pb2.Tokens(tokens=[embedding_pb2.Token(id=token_id, text=text, special=special, start=start,

@@ -91,6 +91,7 @@ class EmbeddingFallbackAdapter(ModelAdapter):
         described = self.embedding.load()
         described.model_id = f"fallback:cosine:{described.model_id}"
         described.fallback_reason = self.reason
+        described.stands_in_for = self.cross_encoder_id
         described.dimension = 0
         return described
 

@@ -30,7 +30,7 @@ class RerankingServicer(ModelServicer, reranking_pb2_grpc.RerankingServiceServic
         validate_text(request.query, self.settings.max_chars_per_item, "query")
         documents = list(request.documents)
         validate_texts(documents, self.settings.max_items_per_request, self.settings.max_chars_per_item, "documents")
-        validate_model_name(request.model, model.model_id)
+        validate_model_name(request.model, model)
         windows = await asyncio.to_thread(self._windows, request.query, documents, request.max_tokens_per_doc)
         owners = [index for index, document_windows in enumerate(windows) for _ in document_windows]
         pairs = [(request.query, window) for document_windows in windows for window in document_windows]

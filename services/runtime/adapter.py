@@ -52,6 +52,13 @@ class ModelDescription:
     dtype_reason: str = ""
     prompts: dict[str, str] = field(default_factory=dict)
     vocab_size: int = 0
+    stands_in_for: str = ""  # the configured model a fallback replaces
+
+    def names(self) -> set[str]:
+        """What a request may call this model: its id or the configured model it stands in for, each in full or
+        by its last path part (a directory's name)."""
+        ids = [self.model_id, self.stands_in_for] if self.stands_in_for else [self.model_id]
+        return {name for model_id in ids for name in (model_id, model_id.rstrip("/").rsplit("/", 1)[-1])}
 
 
 class ModelAdapter(ABC):

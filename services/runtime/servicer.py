@@ -105,6 +105,7 @@ class ModelServicer(WorkerServicer):
             dtype_reason=model.dtype_reason,
             prompts=model.prompts,
             vocab_size=model.vocab_size,
+            stands_in_for=model.stands_in_for,
         )
 
 

@@ -1,5 +1,6 @@
 """Request validation shared by the model workers; every message says what to fix."""
 
+from services.runtime.adapter import ModelDescription
 from services.runtime.errors import InvalidInput, NotFound
 
 
@@ -23,8 +24,8 @@ def validate_text(text: str, max_chars: int, field: str) -> None:
         raise InvalidInput(f"{field} has {len(text)} characters; the limit is {max_chars}: shorten it")
 
 
-def validate_model_name(requested: str, served: str) -> None:
-    """An empty name means the served model; anything else must name it (full id or last path part)."""
-    if requested and requested not in (served, served.rstrip("/").rsplit("/", 1)[-1]):
+def validate_model_name(requested: str, model: ModelDescription) -> None:
+    """An empty name means the served model; anything else must be one of its names (ModelDescription.names)."""
+    if requested and requested not in model.names():
         shown = requested if len(requested) <= 80 else requested[:80] + "…"
-        raise NotFound(f"model {shown!r} is not served here; this worker serves {served!r}")
+        raise NotFound(f"model {shown!r} is not served here; this worker serves {model.model_id!r}")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from openai import OpenAI
 
+from services.reranking.settings import RerankingSettings
 from tests.e2e.conftest import running_mesh
 from tests.tiny_models import MINILM
 
@@ -58,17 +59,12 @@ def test_cohere_input_types_pick_the_prompts_and_unknown_ones_embed_as_is(mesh, 
     np.testing.assert_allclose(clustering.embeddings.float_, float_embeddings(mesh, TEXTS[:1]), atol=1e-5)
 
 
-def served_reranker(mesh) -> str:
-    """Locally the cross-encoder is the announced cosine fallback, whose id says so."""
-    models = httpx.get(f"{mesh.url}/v1/models", timeout=30).json()["data"]
-    return next(m["id"] for m in models if m["task"] == "rerank")
-
-
 def test_cohere_v2_rerank_ranks_a_long_document_by_its_answering_end(mesh, co):
     filler = " ".join(["The garden needs water in summer, and the roses grow best near the old stone wall."] * 25)
     documents = ["Bananas are yellow.", filler + " Paris is the capital of France.", "Dogs bark at night."]
-    reply = co.rerank(model=served_reranker(mesh), query="What is the capital of France?", documents=documents,
-                      top_n=2)
+    # Locally the announced cosine fallback stands in for the configured cross-encoder, which answers to its name.
+    configured = RerankingSettings.model_fields["model"].default
+    reply = co.rerank(model=configured, query="What is the capital of France?", documents=documents, top_n=2)
     assert [r.index for r in reply.results][0] == 1 and len(reply.results) == 2
     assert reply.results[0].relevance_score >= reply.results[1].relevance_score
 

@@ -140,6 +140,9 @@ async def test_the_announced_embedding_fallback_ranks_the_relevant_document_firs
             reply = await stub.Rerank(reranking_pb2.RerankRequest(query=query, documents=documents))
             assert reply.results[0].index == documents.index(relevant), query
             assert reply.model.startswith("fallback:cosine:")
+        for name in ("missing-org/missing-cross-encoder", "missing-cross-encoder"):  # what it stands in for
+            await stub.Rerank(reranking_pb2.RerankRequest(query="q", documents=["d"], model=name))
+        assert info.stands_in_for == "missing-org/missing-cross-encoder"
     assert "missing-org/missing-cross-encoder" in info.fallback_reason
     await worker.stop(0)
 

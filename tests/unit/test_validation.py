@@ -1,5 +1,6 @@
 import pytest
 
+from services.runtime.adapter import ModelDescription
 from services.runtime.errors import InvalidInput, NotFound
 from services.runtime.validation import validate_model_name, validate_texts
 
@@ -23,12 +24,13 @@ def test_good_text_lists_pass():
 
 
 def test_model_name_may_be_empty_full_or_short_but_nothing_else():
-    validate_model_name("", "org/model")
-    validate_model_name("org/model", "org/model")
-    validate_model_name("model", "org/model")
-    validate_model_name("tiny", "/models/tiny/")  # a directory given with a trailing slash keeps its name
+    model = ModelDescription("org/model", "/nowhere", "cpu", "float32", 128)
+    validate_model_name("", model)
+    validate_model_name("org/model", model)
+    validate_model_name("model", model)
+    validate_model_name("tiny", ModelDescription("/models/tiny/", "/models/tiny", "cpu", "float32", 128))
     with pytest.raises(NotFound, match="not served here"):
-        validate_model_name("other", "org/model")
+        validate_model_name("other", model)
     with pytest.raises(NotFound) as refused:
-        validate_model_name("m" * 20_000, "org/model")
+        validate_model_name("m" * 20_000, model)
     assert len(str(refused.value)) < 200, "a worker never echoes unbounded input"

@@ -113,7 +113,8 @@ async def test_integers_are_json_integers_within_range(client, value, status):
 
 async def test_model_names_are_bounded_and_unknown_ones_are_a_404_with_a_clipped_echo(client):
     limits = limits_of(client, "/v1/embeddings")
-    full, short = limits.names()
+    full = limits.model_id
+    short = full.rsplit("/", 1)[-1]
     assert short != full
     for name in (full, short):
         assert (await post(client, "/v1/embeddings", {"input": "x", "model": name})).status_code == 200
@@ -196,7 +197,8 @@ async def test_every_model_route_gives_up_at_the_callers_deadline(client, worker
 
 
 async def test_the_requested_model_reaches_the_classifier(client):
-    served, short = limits_of(client, "/v1/classify").names()
+    served = limits_of(client, "/v1/classify").model_id
+    short = served.rsplit("/", 1)[-1]
     by_short_name = await post(client, "/v1/classify", {"text": "x", "model": short})
     unknown = await post(client, "/v1/classify", {"text": "x", "model": "other/model"})
     assert by_short_name.status_code == 200 and by_short_name.json()["model"] == served
