@@ -79,12 +79,13 @@ class EmbeddingServicer(ModelServicer, embedding_pb2_grpc.EmbeddingServiceServic
                                f"{self.settings.max_items_per_request} are allowed per request: split the request")
         items = []
         for index, token_ids in enumerate(request.token_ids):
-            ids = tuple(token_ids.ids)
-            if not ids:
+            if not token_ids.ids:
                 raise InvalidInput(f"token_ids[{index}] is empty: send at least one token id")
-            if len(ids) > model.max_input_tokens and not request.truncate:
-                raise InvalidInput(f"token_ids[{index}] has {len(ids)} tokens; the model accepts at most "
+            if len(token_ids.ids) > model.max_input_tokens and not request.truncate:
+                raise InvalidInput(f"token_ids[{index}] has {len(token_ids.ids)} tokens; the model accepts at most "
                                    f"{model.max_input_tokens}: shorten it or set truncate=true")
+            # Only what the model will see is read: the work on the event loop stays bounded by the model's limit.
+            ids = tuple(token_ids.ids[: model.max_input_tokens])
             outside = next((position for position, token in enumerate(ids) if token >= model.vocab_size), None)
             if outside is not None:
                 raise InvalidInput(f"token_ids[{index}][{outside}] is {ids[outside]}, outside the vocabulary of "
