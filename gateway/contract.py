@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
 
 from gateway.errors import AS_TEXTS, AS_TOKEN_IDS, ApiError
+from torchgate.models import model_names
 
 UINT32_MAX = 2**32 - 1
 MAX_NAME_CHARS = 256
@@ -118,10 +119,8 @@ class Limits:
                    max(info.vocab_size - 1, 0), (None, *sorted(info.prompts)), info.stands_in_for)
 
     def names(self) -> set[str]:
-        """What a request may call the model: its id or the configured model it stands in for, each in full or by
-        its last path part (a directory's name)."""
-        ids = [self.model_id, self.stands_in_for] if self.stands_in_for else [self.model_id]
-        return {name for model_id in ids for name in (model_id, model_id.rstrip("/").rsplit("/", 1)[-1])}
+        """What a request may call the model (torchgate.models.model_names)."""
+        return model_names(self.model_id, self.stands_in_for)
 
 
 def clip(value: str, limit: int = 80) -> str:

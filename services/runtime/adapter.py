@@ -11,6 +11,7 @@ import numpy as np
 from services.runtime.device import place
 from services.runtime.models import resolve_model
 from services.runtime.precision import Precision, settle
+from torchgate.models import model_names
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,8 @@ class ModelDescription:
     stands_in_for: str = ""  # the configured model a fallback replaces
 
     def names(self) -> set[str]:
-        """What a request may call this model: its id or the configured model it stands in for, each in full or
-        by its last path part (a directory's name)."""
-        ids = [self.model_id, self.stands_in_for] if self.stands_in_for else [self.model_id]
-        return {name for model_id in ids for name in (model_id, model_id.rstrip("/").rsplit("/", 1)[-1])}
+        """What a request may call this model (torchgate.models.model_names)."""
+        return model_names(self.model_id, self.stands_in_for)
 
 
 class ModelAdapter(ABC):
