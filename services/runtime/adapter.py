@@ -23,11 +23,12 @@ class ModelSpec:
     dtype: str = "auto"
     cpu_threads: int = 0
     pack_length: int = 128
+    device_streams: int = 0
 
     @classmethod
     def from_settings(cls, settings, model_id: str | None = None) -> "ModelSpec":
         return cls(model_id or settings.model, settings.device, settings.dtype, settings.cpu_threads,
-                   settings.pack_length)
+                   settings.pack_length, settings.device_streams)
 
 
 @dataclass
@@ -71,14 +72,16 @@ class ModelAdapter(ABC):
     2. `warmup()` once after loading: run the shapes traffic will use, so the first real request does
        not pay for lazy initialisation (CUDA kernels, allocator pools). Health turns SERVING only
        after it succeeds.
-    3. Per batch, in this order, on the worker's device thread (one batch at a time per model; the
-       event loop stays free for requests):
+    3. Per batch, in this order, on one of the worker's device threads (one per device stream, each
+       running one batch at a time; the event loop stays free for requests):
        - `preprocess(items)`: CPU work only (tokenize, pad or pack, pin memory). Returns a `Prepared`
-         with the features and each item's real token count.
+         with the features and each item's real token count. Runs for one batch at a time.
        - `forward(prepared)`: the model call under `torch.inference_mode()`, ending with the single
          host copy of the result (the one synchronisation per batch on CUDA).
        - `postprocess(prepared, output)`: split the output into one result per item, in input order
          (numpy arrays or plain Python values).
+       `forward` and `postprocess` run for several batches at once when the worker has several device
+       streams, so they must not change the adapter's state.
     4. `estimate_tokens(item)` is called on the event loop for every queued item, so it must be cheap
        (no tokenizer): the batcher groups items of similar estimated length and caps each batch's
        padded tokens (`max_batch_tokens`) with it.
@@ -132,7 +135,8 @@ class SpecAdapter(ModelAdapter):
         `self.precision.context()`, and calls `self.settle_precision(...)` once loaded.
         """
         path = resolve_model(self.spec.model_id)
-        device, self.precision = place(self.spec.device, self.spec.dtype, self.spec.cpu_threads)
+        device, self.precision = place(self.spec.device, self.spec.dtype, self.spec.cpu_threads,
+                                       self.spec.device_streams)
         return path, device, self.precision
 
     def settle_precision(self, run_sample: Callable[[], np.ndarray],

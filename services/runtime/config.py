@@ -75,7 +75,12 @@ class ModelWorkerSettings(WorkerSettings):
     dtype: str = Field("auto", description="`auto` (fp16 on CUDA; on CPU bf16 autocast where the CPU has native "
                                            "bf16 and a start-up self-check agrees with fp32, else fp32), "
                                            "`float32`, `float16`, `bfloat16`.")
-    cpu_threads: int = Field(0, ge=0, description="Torch intra-op threads on CPU; 0 means every available core.")
+    cpu_threads: int = Field(0, ge=0, description="Torch intra-op threads of each device stream on CPU; 0: the "
+                                                  "available cores divided among the streams.")
+    device_streams: int = Field(
+        0, ge=0, description="Batches the model runs at once, each on its own device thread; 0 (auto): 2 on a "
+                             "CPU with 2 or more cores (README, design notes), 1 on CUDA or a single core."
+    )
     pack_length: int = Field(128, ge=16, description="Row length of packed batches (BERT models).")
     max_batch_size: int = Field(64, ge=1, description="Most inputs in one forward pass.")
     max_batch_tokens: int = Field(

@@ -72,19 +72,39 @@ def select_precision(device: str, requested: str, bf16_flags: list[str] | None =
     return Precision(dtype, reason=f"configured {_DTYPES[requested]}")
 
 
-def place(requested_device: str, requested_dtype: str, cpu_threads: int = 0) -> tuple[str, Precision]:
-    """Device and precision for a model about to load; sizes torch's CPU thread pool when on CPU."""
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which containers' cpusets narrow)."""
+    return len(os.sched_getaffinity(0))
+
+
+def device_streams(device: str, requested: int = 0, cores: int | None = None) -> int:
+    """How many batches run at once, each on its own device thread: `requested`, or for 0 (auto) two on a
+    CPU with two or more cores and one on CUDA.
+
+    Two single-threaded streams beat one stream on both cores when serving (README, design notes): one
+    batch computes while the other's callers are answered and the next batch gathers, and no intra-op
+    barrier stalls a whole batch when the event loops take a core for a moment. CUDA runs one stream until
+    overlapping two is measured on a GPU.
+    """
+    if requested:
+        return requested
+    if device.startswith("cuda"):
+        return 1
+    return 2 if (cores or available_cores()) >= 2 else 1
+
+
+def threads_per_stream(streams: int, cpu_threads: int = 0, cores: int | None = None) -> int:
+    """Torch intra-op threads of each stream on CPU: `cpu_threads`, or the cores divided among the streams."""
+    return cpu_threads or max(1, (cores or available_cores()) // streams)
+
+
+def place(requested_device: str, requested_dtype: str, cpu_threads: int = 0,
+          requested_streams: int = 0) -> tuple[str, Precision]:
+    """Device and precision for a model about to load; on CPU sizes torch's intra-op pool for each stream."""
     device = select_device(requested_device)
     precision = select_precision(device, requested_dtype)
     if device == "cpu":
-        configure_cpu_threads(cpu_threads)
+        import torch
+
+        torch.set_num_threads(threads_per_stream(device_streams(device, requested_streams), cpu_threads))
     return device, precision
-
-
-def configure_cpu_threads(threads: int = 0) -> int:
-    """Size torch's intra-op pool: `threads`, or every core this process may run on when 0."""
-    import torch
-
-    threads = threads or len(os.sched_getaffinity(0))
-    torch.set_num_threads(threads)
-    return threads

@@ -33,7 +33,9 @@ class PackedBatch:
 
 
 def plan_rows(lengths: list[int], row_length: int) -> list[list[int]]:
-    """First-fit decreasing: input indices per row; an input longer than a row gets a row of its own."""
+    """First-fit decreasing: input indices per row. Rows are `row_length` long, or as long as the longest
+    input when that is longer: every row is padded to the widest one anyway, so shorter inputs fill it."""
+    width = max([row_length, *lengths])
     rows: list[list[int]] = []
     room: list[int] = []
     for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
@@ -44,7 +46,7 @@ def plan_rows(lengths: list[int], row_length: int) -> list[list[int]]:
                 break
         else:
             rows.append([index])
-            room.append(max(row_length, lengths[index]) - lengths[index])
+            room.append(width - lengths[index])
     return rows
 
 

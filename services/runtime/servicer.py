@@ -11,7 +11,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from services.runtime.adapter import ModelAdapter, ModelDescription
 from services.runtime.batcher import BatchingConfig, BatchOutcome, DynamicBatcher
 from services.runtime.config import ModelWorkerSettings
-from services.runtime.device import cuda_memory_held
+from services.runtime.device import cuda_memory_held, device_streams, threads_per_stream
 from services.runtime.errors import Unavailable
 from services.runtime.gpu_share import GpuShare, share_mb
 from services.runtime.metrics import BatcherMetrics
@@ -57,7 +57,8 @@ class ModelServicer(WorkerServicer):
         self.batcher = DynamicBatcher(self.adapter, self.batching_config(), BatcherMetrics(self.model.model_id))
         await self.batcher.start()
         log.info("model ready", extra={"model": self.model.model_id, "device": self.model.device,
-                                       "dtype": self.model.dtype})
+                                       "dtype": self.model.dtype, "device_streams": self.streams(),
+                                       "threads_per_stream": self.threads_per_stream()})
 
     async def drain(self, timeout: float) -> None:
         if self.batcher:
@@ -67,7 +68,17 @@ class ModelServicer(WorkerServicer):
 
     def batching_config(self) -> BatchingConfig:
         s = self.settings
-        return BatchingConfig(s.max_batch_size, s.max_batch_tokens, s.max_wait_ms, s.max_queue_items)
+        return BatchingConfig(s.max_batch_size, s.max_batch_tokens, s.max_wait_ms, s.max_queue_items,
+                              self.streams())
+
+    def streams(self) -> int:
+        return device_streams(self.model.device, self.settings.device_streams)
+
+    def threads_per_stream(self) -> int:
+        """Intra-op threads each stream runs on: what services.runtime.device.place gave torch (0 on CUDA)."""
+        if self.model.device.startswith("cuda"):
+            return 0
+        return threads_per_stream(self.streams(), self.settings.cpu_threads)
 
     def ready_model(self) -> ModelDescription:
         """The loaded model, or UNAVAILABLE while it is still loading."""
@@ -97,6 +108,7 @@ class ModelServicer(WorkerServicer):
             batching=common_pb2.BatchingInfo(
                 max_batch_size=s.max_batch_size, max_batch_tokens=s.max_batch_tokens,
                 max_wait_ms=s.max_wait_ms, max_queue_items=s.max_queue_items,
+                device_streams=self.streams(), threads_per_stream=self.threads_per_stream(),
             ),
             version=__version__,
             max_items_per_request=s.max_items_per_request,

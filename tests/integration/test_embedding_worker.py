@@ -9,6 +9,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.embedding.servicer import build
 from services.embedding.settings import EmbeddingSettings
+from services.runtime.device import device_streams, threads_per_stream
 from services.runtime.worker import Worker
 from tests.integration.conftest import grpcurl
 from tests.network import worker_channel
@@ -135,3 +136,5 @@ async def test_info_describes_the_model_and_batching(embedding_channel):
     info = await embedding_pb2_grpc.EmbeddingServiceStub(embedding_channel).Info(common_pb2.InfoRequest())
     assert (info.dimension, info.max_input_tokens, info.device, info.dtype) == (384, 256, "cpu", "float32")
     assert info.model_path.endswith("model") and info.batching.max_batch_size > 0 and info.version
+    streams = device_streams("cpu")
+    assert (info.batching.device_streams, info.batching.threads_per_stream) == (streams, threads_per_stream(streams))

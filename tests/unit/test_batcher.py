@@ -1,10 +1,11 @@
 import asyncio
+import threading
 import time
 
 import numpy as np
 import pytest
 
-from services.runtime.batcher import BatchingConfig, DynamicBatcher
+from services.runtime.batcher import BatchingConfig, BatchRecord, DynamicBatcher, busy_ns
 from services.runtime.errors import DeadlineExpired, Overloaded, Unavailable, WorkerError
 from tests.fakes import FAIL_TEXT, FakeAdapter, vector_for
 
@@ -219,3 +220,104 @@ async def test_each_outcome_reports_its_queue_wait_and_inference_time():
     assert 0 < second.inference_ms < first.inference_ms
     assert second.queue_ms + second.inference_ms <= elapsed_ms
     await batcher.close(1)
+
+
+class RendezvousAdapter(FakeAdapter):
+    """A forward pass that completes only when `parties` passes are running at the same time."""
+
+    def __init__(self, parties: int):
+        super().__init__()
+        self.barrier = threading.Barrier(parties, timeout=5)
+
+    def forward(self, prepared):
+        self.barrier.wait()
+        return super().forward(prepared)
+
+
+async def test_two_device_streams_run_two_batches_at_once():
+    adapter = RendezvousAdapter(parties=2)
+    batcher = await started(adapter, streams=2, max_wait_ms=0)
+    first = asyncio.create_task(batcher.submit(["first request"]))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(batcher.submit(["second request"]))
+    outcomes = await asyncio.wait_for(asyncio.gather(first, second), 10)
+    assert [len(outcome.results) for outcome in outcomes] == [1, 1]
+    await batcher.close(1)
+
+
+async def test_with_two_streams_a_burst_is_split_into_equal_shares():
+    adapter = FakeAdapter()
+    batcher = await started(adapter, streams=2, max_batch_size=64, max_wait_ms=50)
+    texts = [f"caller {i}" for i in range(32)]
+    await asyncio.wait_for(asyncio.gather(*(batcher.submit([text]) for text in texts)), 5)
+    assert sorted(len(batch) for batch in adapter.forwarded) == [16, 16]
+    assert sorted(text for batch in adapter.forwarded for text in batch) == sorted(texts)
+    await batcher.close(1)
+
+
+class HoldingAdapter(FakeAdapter):
+    """A forward pass waits while any of its texts is held."""
+
+    def __init__(self, held: set[str]):
+        super().__init__()
+        self.held = set(held)
+        self.changed = threading.Condition()
+
+    def release(self, texts) -> None:
+        with self.changed:
+            self.held -= set(texts)
+            self.changed.notify_all()
+
+    def forward(self, prepared):
+        with self.changed:
+            self.changed.wait_for(lambda: not self.held & set(prepared.features), timeout=5)
+        return super().forward(prepared)
+
+
+async def test_a_free_stream_waits_for_its_share_while_the_other_is_busy():
+    held = [f"held {i}" for i in range(8)]
+    adapter = HoldingAdapter(held=set(held))
+    batcher = await started(adapter, streams=2, max_batch_size=64, max_wait_ms=0)
+    running = asyncio.create_task(batcher.submit(held))
+    await asyncio.sleep(0.05)
+    assert sorted(map(len, adapter.preprocessed)) == [4, 4]  # split across both streams
+    adapter.release(adapter.preprocessed[1])
+    await asyncio.sleep(0.05)
+    arrivals = []
+    for i in range(4):
+        arrivals.append(asyncio.create_task(batcher.submit([f"arrives {i}"])))
+        await asyncio.sleep(0.02)
+    adapter.release(held)
+    await asyncio.wait_for(asyncio.gather(running, *arrivals), 5)
+    # 4 running and 4 arriving one by one: the free stream waited for its share of 4, not the first caller.
+    assert [batch for batch in adapter.forwarded if batch[0].startswith("arrives")] == [
+        [f"arrives {i}" for i in range(4)]]
+    await batcher.close(1)
+
+
+async def test_packed_batches_take_whole_requests_in_the_order_they_are_owed():
+    adapter = PackingFakeAdapter()
+    batcher = await started(adapter, max_batch_size=4, max_batch_tokens=10_000)
+    adapter.gate.clear()
+    blocker = asyncio.create_task(batcher.submit(["occupies the device"]))
+    await asyncio.sleep(0.05)
+    older = ["a long text " * 9, "short", "a middling text here"]
+    newer = ["tiny", "x " * 30]
+    requests = [asyncio.create_task(batcher.submit(older))]
+    await asyncio.sleep(0.01)
+    requests.append(asyncio.create_task(batcher.submit(newer)))
+    await asyncio.sleep(0.05)
+    adapter.gate.set()
+    await asyncio.wait_for(asyncio.gather(blocker, *requests), 5)
+    assert adapter.forwarded[1:] == [[*older, newer[0]], [newer[1]]]
+    await batcher.close(1)
+
+
+def test_a_requests_inference_time_counts_overlapping_batches_once():
+    def record(start: int, end: int) -> BatchRecord:
+        return BatchRecord(batch_id=start, started_ns=start, ended_ns=end, size=1, tokens=1, inputs=1)
+
+    assert busy_ns([record(0, 10), record(20, 25)]) == 15
+    assert busy_ns([record(5, 20), record(0, 10)]) == 20
+    assert busy_ns([record(0, 30), record(5, 10)]) == 30
+    assert busy_ns([]) == 0

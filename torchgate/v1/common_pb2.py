@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19torchgate/v1/common.proto\x12\x0ctorchgate.v1\"4\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x02 \x01(\r\"B\n\x06Timing\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x02 \x01(\x01\x12\x10\n\x08total_ms\x18\x03 \x01(\x01\"n\n\x0c\x42\x61tchingInfo\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\r\x12\x18\n\x10max_batch_tokens\x18\x02 \x01(\r\x12\x13\n\x0bmax_wait_ms\x18\x03 \x01(\x01\x12\x17\n\x0fmax_queue_items\x18\x04 \x01(\r\"\xc8\x03\n\tModelInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\nmodel_path\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x18\n\x10max_input_tokens\x18\x05 \x01(\r\x12\x11\n\tdimension\x18\x06 \x01(\r\x12\x0e\n\x06labels\x18\x07 \x03(\t\x12,\n\x08\x62\x61tching\x18\x08 \x01(\x0b\x32\x1a.torchgate.v1.BatchingInfo\x12\x0f\n\x07version\x18\t \x01(\t\x12\x1d\n\x15max_items_per_request\x18\n \x01(\r\x12\x1a\n\x12max_chars_per_item\x18\x0b \x01(\r\x12\x17\n\x0f\x66\x61llback_reason\x18\x0c \x01(\t\x12\x14\n\x0c\x64type_reason\x18\r \x01(\t\x12\x35\n\x07prompts\x18\x0e \x03(\x0b\x32$.torchgate.v1.ModelInfo.PromptsEntry\x12\x12\n\nvocab_size\x18\x0f \x01(\r\x12\x15\n\rstands_in_for\x18\x10 \x01(\t\x1a.\n\x0cPromptsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\r\n\x0bInfoRequestb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19torchgate/v1/common.proto\x12\x0ctorchgate.v1\"4\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x02 \x01(\r\"B\n\x06Timing\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x02 \x01(\x01\x12\x10\n\x08total_ms\x18\x03 \x01(\x01\"\xa2\x01\n\x0c\x42\x61tchingInfo\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\r\x12\x18\n\x10max_batch_tokens\x18\x02 \x01(\r\x12\x13\n\x0bmax_wait_ms\x18\x03 \x01(\x01\x12\x17\n\x0fmax_queue_items\x18\x04 \x01(\r\x12\x16\n\x0e\x64\x65vice_streams\x18\x05 \x01(\r\x12\x1a\n\x12threads_per_stream\x18\x06 \x01(\r\"\xc8\x03\n\tModelInfo\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\nmodel_path\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x18\n\x10max_input_tokens\x18\x05 \x01(\r\x12\x11\n\tdimension\x18\x06 \x01(\r\x12\x0e\n\x06labels\x18\x07 \x03(\t\x12,\n\x08\x62\x61tching\x18\x08 \x01(\x0b\x32\x1a.torchgate.v1.BatchingInfo\x12\x0f\n\x07version\x18\t \x01(\t\x12\x1d\n\x15max_items_per_request\x18\n \x01(\r\x12\x1a\n\x12max_chars_per_item\x18\x0b \x01(\r\x12\x17\n\x0f\x66\x61llback_reason\x18\x0c \x01(\t\x12\x14\n\x0c\x64type_reason\x18\r \x01(\t\x12\x35\n\x07prompts\x18\x0e \x03(\x0b\x32$.torchgate.v1.ModelInfo.PromptsEntry\x12\x12\n\nvocab_size\x18\x0f \x01(\r\x12\x15\n\rstands_in_for\x18\x10 \x01(\t\x1a.\n\x0cPromptsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\r\n\x0bInfoRequestb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,12 +37,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USAGE']._serialized_end=95
   _globals['_TIMING']._serialized_start=97
   _globals['_TIMING']._serialized_end=163
-  _globals['_BATCHINGINFO']._serialized_start=165
-  _globals['_BATCHINGINFO']._serialized_end=275
-  _globals['_MODELINFO']._serialized_start=278
-  _globals['_MODELINFO']._serialized_end=734
-  _globals['_MODELINFO_PROMPTSENTRY']._serialized_start=688
-  _globals['_MODELINFO_PROMPTSENTRY']._serialized_end=734
-  _globals['_INFOREQUEST']._serialized_start=736
-  _globals['_INFOREQUEST']._serialized_end=749
+  _globals['_BATCHINGINFO']._serialized_start=166
+  _globals['_BATCHINGINFO']._serialized_end=328
+  _globals['_MODELINFO']._serialized_start=331
+  _globals['_MODELINFO']._serialized_end=787
+  _globals['_MODELINFO_PROMPTSENTRY']._serialized_start=741
+  _globals['_MODELINFO_PROMPTSENTRY']._serialized_end=787
+  _globals['_INFOREQUEST']._serialized_start=789
+  _globals['_INFOREQUEST']._serialized_end=802
 # @@protoc_insertion_point(module_scope)

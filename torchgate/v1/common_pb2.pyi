@@ -25,16 +25,20 @@ class Timing(_message.Message):
     def __init__(self, queue_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
 class BatchingInfo(_message.Message):
-    __slots__ = ("max_batch_size", "max_batch_tokens", "max_wait_ms", "max_queue_items")
+    __slots__ = ("max_batch_size", "max_batch_tokens", "max_wait_ms", "max_queue_items", "device_streams", "threads_per_stream")
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    THREADS_PER_STREAM_FIELD_NUMBER: _ClassVar[int]
     max_batch_size: int
     max_batch_tokens: int
     max_wait_ms: float
     max_queue_items: int
-    def __init__(self, max_batch_size: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_wait_ms: _Optional[float] = ..., max_queue_items: _Optional[int] = ...) -> None: ...
+    device_streams: int
+    threads_per_stream: int
+    def __init__(self, max_batch_size: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_wait_ms: _Optional[float] = ..., max_queue_items: _Optional[int] = ..., device_streams: _Optional[int] = ..., threads_per_stream: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("model_id", "model_path", "device", "dtype", "max_input_tokens", "dimension", "labels", "batching", "version", "max_items_per_request", "max_chars_per_item", "fallback_reason", "dtype_reason", "prompts", "vocab_size", "stands_in_for")

@@ -33,7 +33,9 @@ async def serving(servicer):
 
 @pytest.fixture
 async def fake_embedding_worker():
-    settings = EmbeddingSettings(port=0, metrics_port=0, max_items_per_request=16, grace_period_s=1)
+    # One device stream: tests that hold the device (the adapter's gate) expect the next request to queue.
+    settings = EmbeddingSettings(port=0, metrics_port=0, max_items_per_request=16, grace_period_s=1,
+                                 device_streams=1)
     async with serving(EmbeddingServicer(FakeAdapter(), settings)) as worker:
         yield worker
 
