@@ -1,12 +1,13 @@
 """Dynamic batching: many concurrent requests, few forward passes, little padding.
 
 Requests are split into items (one text or pair each) that wait in one queue, in front of
-`streams` device threads that each run one batch at a time. A batch is anchored on the item of the
-least-served request (so a big request cannot starve small ones); packed batches then take whole
-requests in that order (packing pads nothing, whatever the lengths), padded ones the queued items
-closest to the anchor in estimated length; both up to `max_batch_size` items and `max_batch_tokens`
-tokens. A batch is tokenized and run on its stream's thread, and the stream's next batch starts before
-the finished batch's callers are answered on the event loop, so replies never hold the device up.
+`streams` device threads that each run one batch at a time. A batch is anchored on the request owed
+service longest (round robin: one that got a batch rejoins the queue at the back, so a big request
+cannot starve small ones); packed batches then take whole requests in that order (packing pads
+nothing, whatever the lengths), padded ones the queued items closest to the anchor in estimated
+length; both up to `max_batch_size` items and `max_batch_tokens` tokens. A batch is tokenized and run
+on its stream's thread, and the stream's next batch starts before the finished batch's callers are
+answered on the event loop, so replies never hold the device up.
 
 With several streams a free stream waits, while another is busy, until its share of the work in the
 worker (queued plus running inputs, divided by the streams) is queued: two streams then alternate
@@ -83,7 +84,7 @@ class BatchOutcome:
 
 class _Request:
     __slots__ = ("future", "results", "token_counts", "remaining", "deadline", "seq", "enqueued_at",
-                 "enqueued_ns", "scheduled_at", "scheduled", "batches")
+                 "enqueued_ns", "scheduled_at", "last_served", "batches")
 
     def __init__(self, future: asyncio.Future, size: int, deadline: float | None, seq: int):
         self.future = future
@@ -95,7 +96,9 @@ class _Request:
         self.enqueued_at = time.monotonic()
         self.enqueued_ns = time.time_ns()
         self.scheduled_at: float | None = None
-        self.scheduled = 0
+        # When the request last had inputs put in a batch (its arrival before that): requests are owed
+        # service in this order, so one that got a batch rejoins the queue behind those that came meanwhile.
+        self.last_served = self.enqueued_at
         self.batches: list[BatchRecord] = []
 
     def fail(self, error: BaseException) -> None:
@@ -277,7 +280,7 @@ class DynamicBatcher:
             if request.scheduled_at is None:
                 request.scheduled_at = now
                 self.metrics.queue_wait.observe(now - request.enqueued_at)
-            request.scheduled += 1
+            request.last_served = now
         self._in_flight += 1
         self._in_flight_items += len(items)
         self.metrics.queue_depth.set(len(self._pending))
@@ -286,11 +289,17 @@ class DynamicBatcher:
         self.metrics.batch_tokens.observe(cost)
         return items, cost
 
+    @staticmethod
+    def _owed(item: _Item) -> tuple[float, int]:
+        """Service order: the request that waited longest since it last had a batch (round robin, so a big
+        request cannot starve small ones nor a stream of new requests the rest of a big one)."""
+        return item.request.last_served, item.request.seq
+
     def _choose_packed(self, limit: int) -> list[int]:
-        """Whole requests in the order they are owed service (least-served, then oldest): packing costs no
-        padding whatever the lengths, and a request kept in one batch is answered one batch sooner."""
+        """Whole requests in the order they are owed service: packing costs no padding whatever the
+        lengths, and a request kept in one batch is answered one batch sooner."""
         pending = self._pending
-        order = sorted(range(len(pending)), key=lambda i: (pending[i].request.scheduled, pending[i].request.seq))
+        order = sorted(range(len(pending)), key=lambda i: self._owed(pending[i]))
         chosen, total = [order[0]], pending[order[0]].tokens
         for i in order[1:limit]:
             if total + pending[i].tokens > self.config.max_batch_tokens:
@@ -300,9 +309,10 @@ class DynamicBatcher:
         return chosen
 
     def _choose_padded(self, limit: int) -> list[int]:
-        """The least-served request's next input and the queued inputs closest to it in length (least padding)."""
+        """The next input of the request owed service most and the queued inputs closest to it in length
+        (least padding)."""
         pending = self._pending
-        anchor = min(range(len(pending)), key=lambda i: (pending[i].request.scheduled, pending[i].request.seq))
+        anchor = min(range(len(pending)), key=lambda i: self._owed(pending[i]))
         order = sorted(range(len(pending)), key=lambda i: pending[i].tokens)
         low = high = order.index(anchor)
         anchor_tokens = longest = total = pending[anchor].tokens

@@ -321,3 +321,25 @@ def test_a_requests_inference_time_counts_overlapping_batches_once():
     assert busy_ns([record(5, 20), record(0, 10)]) == 20
     assert busy_ns([record(0, 30), record(5, 10)]) == 30
     assert busy_ns([]) == 0
+
+
+class PackingHoldingAdapter(HoldingAdapter):
+    packs_sequences = True
+
+
+async def test_the_rest_of_a_partly_served_request_goes_before_requests_that_came_after_its_batch():
+    adapter = PackingHoldingAdapter(held={"occupies the device", "part 0"})
+    batcher = await started(adapter, max_batch_size=4, max_batch_tokens=10_000, max_wait_ms=0)
+    blocker = asyncio.create_task(batcher.submit(["occupies the device"]))
+    await asyncio.sleep(0.05)
+    partial = asyncio.create_task(batcher.submit([f"part {i}" for i in range(6)]))
+    await asyncio.sleep(0.05)
+    adapter.release(["occupies the device"])  # the next batch takes part 0-3 and holds on part 0
+    await asyncio.sleep(0.05)
+    newer = [asyncio.create_task(batcher.submit([f"newer {i}"])) for i in range(4)]
+    await asyncio.sleep(0.05)
+    adapter.release(["part 0"])
+    await asyncio.wait_for(asyncio.gather(blocker, partial, *newer), 5)
+    assert adapter.forwarded[1] == [f"part {i}" for i in range(4)]
+    assert adapter.forwarded[2] == ["part 4", "part 5", "newer 0", "newer 1"]
+    await batcher.close(1)
