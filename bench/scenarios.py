@@ -65,11 +65,16 @@ def _rerank_in_process():
 
 def _classify_in_process():
     """The few-shot classifier's own parts: sorted `encode` at the given batch size, then the trained head."""
+    import torch
+
     from services.classifier.servicer import build
     from services.classifier.settings import ClassifierSettings
+    from services.runtime.device import available_cores
 
     adapter = build(ClassifierSettings()).adapter
     adapter.load()
+    # load() sized torch's pool for one device stream of a served worker; users in-process have every core.
+    torch.set_num_threads(available_cores())
     encoder = adapter.embedding.model
     return lambda texts, batch_size: adapter.head.probabilities(encoder.encode(texts, batch_size=batch_size))
 

@@ -1,7 +1,9 @@
 """Device and dtype selection, and the fail-fast GPU policy every worker follows. Imports torch lazily."""
 
 import logging
+import math
 import os
+from pathlib import Path
 
 from services.runtime.precision import NATIVE_BF16_FLAGS, Precision, cpu_bf16_flags
 
@@ -72,9 +74,26 @@ def select_precision(device: str, requested: str, bf16_flags: list[str] | None =
     return Precision(dtype, reason=f"configured {_DTYPES[requested]}")
 
 
-def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity, which containers' cpusets narrow)."""
-    return len(os.sched_getaffinity(0))
+def available_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """Cores this process may use: its CPU affinity (cpusets), or fewer under a cgroup v2 CPU quota (a
+    Kubernetes CPU limit), since threads beyond the quota only take turns."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return cores
+    if quota == "max":
+        return cores
+    return max(1, min(cores, math.ceil(int(quota) / int(period))))
+
+
+def limit_blas_threads() -> None:
+    """One thread for numpy's BLAS in a worker process. Heads and scores run small numpy matrix products on
+    the device threads, and OpenBLAS's idle threads spin on every core between them: that took 0.6 of a
+    core from the model in the classifier (README, design notes)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
 
 
 def device_streams(device: str, requested: int = 0, cores: int | None = None) -> int:

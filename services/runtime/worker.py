@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from services.runtime.config import WorkerSettings
-from services.runtime.device import DeviceError, require_gpu_or_exit
+from services.runtime.device import DeviceError, limit_blas_threads, require_gpu_or_exit
 from services.runtime.errors import ModelNotFound
 from services.runtime.interceptors import StatusInterceptor
 from services.runtime.servicer import WorkerServicer
@@ -148,6 +148,7 @@ def run_worker(build: Callable[[S], WorkerServicer], settings_class: type[S]) ->
     # Weights come from disk only; a hub lookup would hang or fail without the network.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     require_gpu_or_exit(settings.require_gpu)
+    limit_blas_threads()
     model = getattr(settings, "model", "")
     tracing = configure_tracing(settings.service_name(), settings.otlp_endpoint,
                                 **({"torchgate.model": model} if model else {}))

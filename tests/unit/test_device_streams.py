@@ -1,8 +1,10 @@
 """How many batches a model worker runs at once, and on how many threads each."""
 
+import os
+
 import pytest
 
-from services.runtime.device import device_streams, place, threads_per_stream
+from services.runtime.device import available_cores, device_streams, limit_blas_threads, place, threads_per_stream
 
 
 @pytest.mark.parametrize(("device", "requested", "cores", "streams"), [
@@ -42,3 +44,27 @@ def test_placing_a_model_on_cpu_sizes_torchs_pool_for_one_stream():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("cpu_max", "limit"), [
+    ("max 100000\n", None),
+    ("100000 100000\n", 1),
+    ("150000 100000\n", 2),
+    ("50000 100000\n", 1),
+    ("100000000 100000\n", None),
+    (None, None),
+])
+def test_available_cores_follow_a_cgroup_cpu_quota(tmp_path, cpu_max, limit):
+    path = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        path.write_text(cpu_max)
+    cores = len(os.sched_getaffinity(0))
+    assert available_cores(path) == (min(cores, limit) if limit else cores)
+
+
+def test_a_worker_process_gives_numpys_blas_one_thread():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    with threadpoolctl.threadpool_limits(limits=None):  # restores the test process's own limits afterwards
+        limit_blas_threads()
+        blas = threadpoolctl.threadpool_info()
+        assert blas and all(pool["num_threads"] == 1 for pool in blas if pool["user_api"] == "blas")
