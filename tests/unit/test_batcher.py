@@ -279,14 +279,14 @@ async def test_a_free_stream_waits_for_its_share_while_the_other_is_busy():
     adapter = HoldingAdapter(held=set(held))
     batcher = await started(adapter, streams=2, max_batch_size=64, max_wait_ms=0)
     running = asyncio.create_task(batcher.submit(held))
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)
     assert sorted(map(len, adapter.preprocessed)) == [4, 4]  # split across both streams
-    adapter.release(adapter.preprocessed[1])
+    adapter.release(adapter.preprocessed[1])  # after a ~200 ms batch: the free stream waits up to ~100 ms
     await asyncio.sleep(0.05)
     arrivals = []
     for i in range(4):
         arrivals.append(asyncio.create_task(batcher.submit([f"arrives {i}"])))
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.005)
     adapter.release(held)
     await asyncio.wait_for(asyncio.gather(running, *arrivals), 5)
     # 4 running and 4 arriving one by one: the free stream waited for its share of 4, not the first caller.
@@ -321,6 +321,21 @@ def test_a_requests_inference_time_counts_overlapping_batches_once():
     assert busy_ns([record(5, 20), record(0, 10)]) == 20
     assert busy_ns([record(0, 30), record(5, 10)]) == 30
     assert busy_ns([]) == 0
+
+
+async def test_a_lone_request_waits_at_most_half_a_batch_for_company_while_a_stream_is_free():
+    held = [f"long {i}" for i in range(8)]
+    adapter = HoldingAdapter(held=set(held))
+    batcher = await started(adapter, streams=2, max_batch_size=64, max_wait_ms=0)
+    running = asyncio.create_task(batcher.submit(held))
+    await asyncio.sleep(0.05)
+    adapter.release(adapter.preprocessed[1])  # one stream frees up after a ~50 ms batch; the other stays busy
+    await asyncio.sleep(0.05)
+    lone = await asyncio.wait_for(batcher.submit(["lone"]), 2)
+    assert not running.done() and lone.queue_ms < 100
+    adapter.release(held)
+    await asyncio.wait_for(running, 5)
+    await batcher.close(1)
 
 
 class PackingHoldingAdapter(HoldingAdapter):
