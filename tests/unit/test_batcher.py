@@ -274,20 +274,29 @@ class HoldingAdapter(FakeAdapter):
         return super().forward(prepared)
 
 
-async def test_a_free_stream_waits_for_its_share_while_the_other_is_busy():
-    held = [f"held {i}" for i in range(8)]
-    adapter = HoldingAdapter(held=set(held))
+HELD = [f"held {i}" for i in range(8)]
+
+
+async def one_stream_freed(after: float) -> tuple[HoldingAdapter, DynamicBatcher, asyncio.Task]:
+    """Two streams, each running half of a held request of 8; then one stream's half finishes `after` s in."""
+    adapter = HoldingAdapter(held=set(HELD))
     batcher = await started(adapter, streams=2, max_batch_size=64, max_wait_ms=0)
-    running = asyncio.create_task(batcher.submit(held))
-    await asyncio.sleep(0.2)
-    assert sorted(map(len, adapter.preprocessed)) == [4, 4]  # split across both streams
-    adapter.release(adapter.preprocessed[1])  # after a ~200 ms batch: the free stream waits up to ~100 ms
+    running = asyncio.create_task(batcher.submit(HELD))
+    await asyncio.sleep(after)
+    assert sorted(map(len, adapter.preprocessed)) == [4, 4]
+    adapter.release(adapter.preprocessed[1])
     await asyncio.sleep(0.05)
+    return adapter, batcher, running
+
+
+async def test_a_free_stream_waits_for_its_share_while_the_other_is_busy():
+    # After a ~200 ms batch, the free stream waits up to ~100 ms for its share.
+    adapter, batcher, running = await one_stream_freed(after=0.2)
     arrivals = []
     for i in range(4):
         arrivals.append(asyncio.create_task(batcher.submit([f"arrives {i}"])))
         await asyncio.sleep(0.005)
-    adapter.release(held)
+    adapter.release(HELD)
     await asyncio.wait_for(asyncio.gather(running, *arrivals), 5)
     # 4 running and 4 arriving one by one: the free stream waited for its share of 4, not the first caller.
     assert [batch for batch in adapter.forwarded if batch[0].startswith("arrives")] == [
@@ -324,16 +333,10 @@ def test_a_requests_inference_time_counts_overlapping_batches_once():
 
 
 async def test_a_lone_request_waits_at_most_half_a_batch_for_company_while_a_stream_is_free():
-    held = [f"long {i}" for i in range(8)]
-    adapter = HoldingAdapter(held=set(held))
-    batcher = await started(adapter, streams=2, max_batch_size=64, max_wait_ms=0)
-    running = asyncio.create_task(batcher.submit(held))
-    await asyncio.sleep(0.05)
-    adapter.release(adapter.preprocessed[1])  # one stream frees up after a ~50 ms batch; the other stays busy
-    await asyncio.sleep(0.05)
+    adapter, batcher, running = await one_stream_freed(after=0.05)  # the other stream stays busy
     lone = await asyncio.wait_for(batcher.submit(["lone"]), 2)
     assert not running.done() and lone.queue_ms < 100
-    adapter.release(held)
+    adapter.release(HELD)
     await asyncio.wait_for(running, 5)
     await batcher.close(1)
 
