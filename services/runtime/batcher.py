@@ -142,8 +142,7 @@ class DynamicBatcher:
         self.config = config
         self.metrics = metrics or BatcherMetrics("unnamed")
         self._pending: list[_Item] = []
-        self._in_flight = 0
-        self._in_flight_items = 0
+        self._in_flight_items = 0  # inputs in running batches (a batch holds at least one)
         self._batch_seconds: float | None = None  # moving average of a batch's time, once one finished
         self._seq = itertools.count()
         self._batch_ids = itertools.count(1)
@@ -182,7 +181,7 @@ class DynamicBatcher:
         self._accepting = False
         loop = asyncio.get_running_loop()
         give_up = loop.time() + timeout
-        while (self._pending or self._in_flight) and loop.time() < give_up:  # noqa: ASYNC110 - once per process
+        while (self._pending or self._in_flight_items) and loop.time() < give_up:  # noqa: ASYNC110 - once per process
             await asyncio.sleep(0.01)
         for item in self._pending:
             item.request.fail(Unavailable("the worker shut down before this request ran; retry"))
@@ -204,7 +203,6 @@ class DynamicBatcher:
             except Exception:
                 log.exception("a batch of %d inputs failed", len(batch.items))
                 outcome = None
-            self._in_flight -= 1
             self._in_flight_items -= len(batch.items)
             # The next batch starts before this one's callers are answered, so the device never
             # waits for the event loop to send replies.
@@ -248,7 +246,7 @@ class DynamicBatcher:
                 self._arrived.clear()
                 await self._arrived.wait()
                 continue
-            if self._in_flight:
+            if self._in_flight_items:
                 if self._share_ready():
                     return
                 patience = self._batch_seconds / 2 if self._batch_seconds is not None else None
@@ -290,7 +288,6 @@ class DynamicBatcher:
                 request.scheduled_at = now
                 self.metrics.queue_wait.observe(now - request.enqueued_at)
             request.last_served = now
-        self._in_flight += 1
         self._in_flight_items += len(items)
         self.metrics.queue_depth.set(len(self._pending))
         cost = self._cost(longest, total, len(items))

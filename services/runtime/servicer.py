@@ -46,6 +46,8 @@ class ModelServicer(WorkerServicer):
         self.model: ModelDescription | None = None
         self.batcher: DynamicBatcher | None = None
         self.gpu_share: GpuShare | None = None
+        self.streams = 1
+        self.threads_per_stream = 0
 
     async def load(self) -> None:
         self.model = await asyncio.to_thread(self.adapter.load)
@@ -54,11 +56,15 @@ class ModelServicer(WorkerServicer):
             self.gpu_share = GpuShare(self.settings.gpu_address, self.settings.service_name())
             memory_mb = share_mb(cuda_memory_held(self.model.device), self.settings.gpu_memory_mb)
             await self.gpu_share.reserve(memory_mb, int(self.model.device.partition(":")[2] or 0))
+        self.streams = device_streams(self.model.device, self.settings.device_streams)
+        # What services.runtime.device.place gave torch for each stream (0 on CUDA, where torch has no pool).
+        self.threads_per_stream = (0 if self.model.device.startswith("cuda")
+                                   else threads_per_stream(self.streams, self.settings.cpu_threads))
         self.batcher = DynamicBatcher(self.adapter, self.batching_config(), BatcherMetrics(self.model.model_id))
         await self.batcher.start()
         log.info("model ready", extra={"model": self.model.model_id, "device": self.model.device,
-                                       "dtype": self.model.dtype, "device_streams": self.streams(),
-                                       "threads_per_stream": self.threads_per_stream()})
+                                       "dtype": self.model.dtype, "device_streams": self.streams,
+                                       "threads_per_stream": self.threads_per_stream})
 
     async def drain(self, timeout: float) -> None:
         if self.batcher:
@@ -69,16 +75,7 @@ class ModelServicer(WorkerServicer):
     def batching_config(self) -> BatchingConfig:
         s = self.settings
         return BatchingConfig(s.max_batch_size, s.max_batch_tokens, s.max_wait_ms, s.max_queue_items,
-                              self.streams())
-
-    def streams(self) -> int:
-        return device_streams(self.model.device, self.settings.device_streams)
-
-    def threads_per_stream(self) -> int:
-        """Intra-op threads each stream runs on: what services.runtime.device.place gave torch (0 on CUDA)."""
-        if self.model.device.startswith("cuda"):
-            return 0
-        return threads_per_stream(self.streams(), self.settings.cpu_threads)
+                              self.streams)
 
     def ready_model(self) -> ModelDescription:
         """The loaded model, or UNAVAILABLE while it is still loading."""
@@ -108,7 +105,7 @@ class ModelServicer(WorkerServicer):
             batching=common_pb2.BatchingInfo(
                 max_batch_size=s.max_batch_size, max_batch_tokens=s.max_batch_tokens,
                 max_wait_ms=s.max_wait_ms, max_queue_items=s.max_queue_items,
-                device_streams=self.streams(), threads_per_stream=self.threads_per_stream(),
+                device_streams=self.streams, threads_per_stream=self.threads_per_stream,
             ),
             version=__version__,
             max_items_per_request=s.max_items_per_request,
