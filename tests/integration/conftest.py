@@ -9,8 +9,8 @@ import pytest
 
 from services.embedding.servicer import build as build_embedding
 from services.embedding.settings import EmbeddingSettings
-from services.runtime.worker import Worker
 from tests.network import worker_channel
+from tests.workers import started
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # CPU fp32 expectations (device, dtype, 1e-5 tolerances) must hold on a GPU machine and on a CPU with native
@@ -41,9 +41,7 @@ def minilm():
 @pytest.fixture(scope="session")
 async def embedding_worker():
     settings = EmbeddingSettings(port=0, metrics_port=0, max_items_per_request=64, grace_period_s=2)
-    worker = Worker(build_embedding(settings), settings)
-    await worker.start()
-    await worker.wait_serving()
+    worker = await started(build_embedding(settings))
     yield worker
     await worker.stop(0)
 

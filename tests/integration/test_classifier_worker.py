@@ -8,15 +8,13 @@ from services.classifier.servicer import build
 from services.classifier.settings import ClassifierSettings
 from services.runtime.worker import Worker
 from tests.network import worker_channel
+from tests.workers import started
 from torchgate.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
 
 
 async def serve(**fields) -> Worker:
     settings = ClassifierSettings(port=0, metrics_port=0, **fields)
-    worker = Worker(build(settings), settings)
-    await worker.start()
-    await worker.wait_serving()
-    return worker
+    return await started(build(settings))
 
 
 async def classify(worker: Worker, texts: list[str], top_k: int = 0) -> classifier_pb2.ClassifyResponse:

@@ -7,9 +7,9 @@ import pytest
 from services.embedding.servicer import build
 from services.embedding.settings import EmbeddingSettings
 from services.runtime.models import resolve_model
-from services.runtime.worker import Worker
 from tests.integration.test_embedding_worker import FP32_TOLERANCE, TEXTS, unpack
 from tests.network import worker_channel
+from tests.workers import serving
 from torchgate.v1 import common_pb2, embedding_pb2, embedding_pb2_grpc
 
 PROMPTS = {"query": "query: ", "document": "passage: ", "classification": "classify: "}
@@ -18,12 +18,8 @@ PROMPTS = {"query": "query: ", "document": "passage: ", "classification": "class
 @pytest.fixture(scope="module")
 async def stub():
     settings = EmbeddingSettings(port=0, metrics_port=0, prompts=PROMPTS, grace_period_s=1)
-    worker = Worker(build(settings), settings)
-    await worker.start()
-    await worker.wait_serving()
-    async with worker_channel(worker.port) as channel:
+    async with serving(build(settings)) as worker, worker_channel(worker.port) as channel:
         yield embedding_pb2_grpc.EmbeddingServiceStub(channel)
-    await worker.stop(0)
 
 
 async def embed(stub, **fields) -> np.ndarray:

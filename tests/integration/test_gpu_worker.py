@@ -7,9 +7,9 @@ import pytest
 
 from services.gpu.servicer import build
 from services.gpu.settings import GpuSettings
-from services.runtime.worker import Worker
 from tests.conftest import cpu_machine_only
 from tests.network import worker_channel
+from tests.workers import serving
 from torchgate.v1 import gpu_pb2, gpu_pb2_grpc
 
 torch = pytest.importorskip("torch")
@@ -20,12 +20,8 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(),
 @pytest.fixture(scope="module")
 async def gpu_stub():
     settings = GpuSettings(port=0, metrics_port=0)
-    worker = Worker(build(settings), settings)
-    await worker.start()
-    await worker.wait_serving()
-    async with worker_channel(worker.port) as channel:
+    async with serving(build(settings)) as worker, worker_channel(worker.port) as channel:
         yield gpu_pb2_grpc.GpuServiceStub(channel)
-    await worker.stop(0)
 
 
 @cpu_machine_only

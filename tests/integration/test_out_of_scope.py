@@ -8,8 +8,8 @@ import yaml
 
 from services.classifier.servicer import build
 from services.classifier.settings import ClassifierSettings
-from services.runtime.worker import Worker
 from tests.network import worker_channel
+from tests.workers import started
 from torchgate.v1 import classifier_pb2, classifier_pb2_grpc
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -20,10 +20,7 @@ OUT_OF_SCOPE = EVAL["out_of_scope"]
 
 async def serve(examples: Path, **fields):
     settings = ClassifierSettings(port=0, metrics_port=0, examples=examples, grace_period_s=1, **fields)
-    worker = Worker(build(settings), settings)
-    await worker.start()
-    await worker.wait_serving()
-    return worker
+    return await started(build(settings))
 
 
 @pytest.fixture(scope="module")

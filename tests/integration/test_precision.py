@@ -8,24 +8,17 @@ from services.embedding.settings import EmbeddingSettings
 from services.reranking.servicer import build as build_reranking
 from services.reranking.settings import RerankingSettings
 from services.runtime.precision import cpu_bf16_flags, score_agreement
-from services.runtime.worker import Worker
 from tests.integration.test_embedding_worker import TEXTS, unpack
 from tests.network import worker_channel
+from tests.workers import started
 from torchgate.v1 import common_pb2, embedding_pb2, embedding_pb2_grpc, reranking_pb2, reranking_pb2_grpc
 
 pytestmark = pytest.mark.skipif(not cpu_bf16_flags(), reason="this CPU has no native bf16 (avx512_bf16, amx_bf16)")
 
 
-async def serving(build, settings):
-    worker = Worker(build(settings), settings)
-    await worker.start()
-    await worker.wait_serving()
-    return worker
-
-
 async def embed_with(dtype: str):
     settings = EmbeddingSettings(port=0, metrics_port=0, device="cpu", dtype=dtype)
-    worker = await serving(build_embedding, settings)
+    worker = await started(build_embedding(settings))
     try:
         async with worker_channel(worker.port) as channel:
             stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
@@ -62,7 +55,7 @@ async def test_bf16_reranking_is_within_the_score_tolerance_of_fp32(tiny_cross_e
     for dtype in ("float32", "bfloat16"):
         settings = RerankingSettings(port=0, metrics_port=0, model=str(tiny_cross_encoder), device="cpu",
                                      dtype=dtype)
-        worker = await serving(build_reranking, settings)
+        worker = await started(build_reranking(settings))
         try:
             async with worker_channel(worker.port) as channel:
                 stub = reranking_pb2_grpc.RerankingServiceStub(channel)

@@ -8,9 +8,9 @@ import pytest
 from services.reranking.servicer import build
 from services.reranking.settings import RerankingSettings
 from services.runtime.errors import ModelNotFound
-from services.runtime.worker import Worker
 from tests.integration.conftest import grpcurl
 from tests.network import worker_channel
+from tests.workers import started
 from torchgate.v1 import common_pb2, reranking_pb2, reranking_pb2_grpc
 
 DOCUMENTS = [
@@ -24,10 +24,7 @@ DOCUMENTS = [
 
 async def serve(**settings_fields):
     settings = RerankingSettings(port=0, metrics_port=0, **settings_fields)
-    worker = Worker(build(settings), settings)
-    await worker.start()
-    await worker.wait_serving()
-    return worker
+    return await started(build(settings))
 
 
 @pytest.fixture(scope="module")

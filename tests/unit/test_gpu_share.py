@@ -9,8 +9,8 @@ from services.gpu.servicer import GpuServicer
 from services.gpu.settings import GpuSettings
 from services.runtime.device import DeviceError
 from services.runtime.gpu_share import GpuShare, share_mb
-from services.runtime.worker import Worker
 from tests.fakes import OneGpu
+from tests.workers import started
 
 MB = 1024 * 1024
 
@@ -19,9 +19,7 @@ MB = 1024 * 1024
 async def gpu_worker():
     settings = GpuSettings(port=0, metrics_port=0, lease_ttl_s=2, max_lease_ttl_s=2, grace_period_s=0)
     servicer = GpuServicer(settings)
-    worker = Worker(servicer, settings)
-    await worker.start()
-    await worker.wait_serving()
+    worker = await started(servicer)
     servicer.readings = OneGpu()
     yield servicer, f"127.0.0.1:{worker.port}"
     await worker.stop(0)

@@ -14,21 +14,9 @@ from services.embedding.servicer import EmbeddingServicer
 from services.embedding.settings import EmbeddingSettings
 from services.reranking.servicer import RerankingServicer
 from services.reranking.settings import RerankingSettings
-from services.runtime.worker import Worker
 from tests.fakes import FakeAdapter, FakeIntentAdapter, FakePairAdapter
 from tests.network import refusing_port
-
-
-@asynccontextmanager
-async def serving(servicer):
-    """A real worker runtime around `servicer` on a free loopback port, SERVING until the block ends."""
-    worker = Worker(servicer, servicer.settings)
-    await worker.start()
-    await worker.wait_serving()
-    try:
-        yield worker
-    finally:
-        await worker.stop(0)
+from tests.workers import serving
 
 
 @pytest.fixture
