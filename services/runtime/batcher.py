@@ -10,9 +10,11 @@ on its stream's thread, and the stream's next batch starts before the finished b
 answered on the event loop, so replies never hold the device up.
 
 With several streams a free stream waits, while another is busy, until its share of the work in the
-worker (queued plus running inputs, divided by the streams) is queued: two streams then alternate
-batches of half the load each instead of one taking all and the other the stragglers. It waits at most
-half a batch's time, so a lone request never sits behind a long batch while a stream is free.
+worker (queued, running and just-answered inputs, divided by the streams) is queued: two streams then
+alternate batches of half the load each instead of one taking all and the other the stragglers, and
+callers in a closed loop stay in two groups instead of splitting into three smaller ones (one of them
+always queued). It waits at most half a batch's time, so a lone request never sits behind a long batch
+while a stream is free.
 
 Measured on 2 CPU cores with 32 concurrent single-text callers: preparing the next batch on a
 tokenizer thread during the forward pass cut the average batch from 19 to 11 inputs and throughput
@@ -143,6 +145,9 @@ class DynamicBatcher:
         self.metrics = metrics or BatcherMetrics("unnamed")
         self._pending: list[_Item] = []
         self._in_flight_items = 0  # inputs in running batches (a batch holds at least one)
+        # Inputs just answered whose callers may send again soon, until _returning_until (monotonic).
+        self._returning = 0
+        self._returning_until = 0.0
         self._batch_seconds: float | None = None  # moving average of a batch's time, once one finished
         self._seq = itertools.count()
         self._batch_ids = itertools.count(1)
@@ -172,6 +177,7 @@ class DynamicBatcher:
         request = _Request(asyncio.get_running_loop().create_future(), len(items), deadline, next(self._seq))
         estimate = self.adapter.estimate_tokens
         self._pending.extend(_Item(request, i, payload, estimate(payload)) for i, payload in enumerate(items))
+        self._returning = max(0, self._returning - len(items))
         self.metrics.queue_depth.set(len(self._pending))
         self._arrived.set()
         return await request.future
@@ -193,9 +199,10 @@ class DynamicBatcher:
 
     async def _run_stream(self) -> None:
         running = None
+        free_since = 0.0
         while True:
             if running is None:
-                await self._wait_for_share()
+                await self._wait_for_share(free_since)
                 running = self._launch()
             batch, work = running
             try:
@@ -204,6 +211,8 @@ class DynamicBatcher:
                 log.exception("a batch of %d inputs failed", len(batch.items))
                 outcome = None
             self._in_flight_items -= len(batch.items)
+            free_since = time.monotonic()
+            self._expect_return(len(batch.items))
             # The next batch starts before this one's callers are answered, so the device never
             # waits for the event loop to send replies.
             self._drop_dead_items()
@@ -227,34 +236,50 @@ class DynamicBatcher:
             prepared = self.adapter.preprocess(payloads)
         return prepared, self.adapter.postprocess(prepared, self.adapter.forward(prepared))
 
+    def _expect_return(self, answered: int) -> None:
+        """Count just-answered inputs as work about to come back for half a batch's time: callers in a
+        closed loop send their next request as soon as they have a reply, and a free stream that starts
+        before they are back takes a small batch, which splits the callers into ever smaller groups."""
+        if self._batch_seconds is None or self.config.streams == 1:
+            return
+        if time.monotonic() >= self._returning_until:
+            self._returning = 0
+        self._returning += answered
+        self._returning_until = time.monotonic() + self._batch_seconds / 2
+
     def _share(self) -> int:
-        """Inputs the next batch should take: the work in the worker split evenly across the streams."""
-        in_worker = len(self._pending) + self._in_flight_items
+        """Inputs the next batch should take: the work in the worker, and the work about to come back,
+        split evenly across the streams."""
+        returning = self._returning if time.monotonic() < self._returning_until else 0
+        in_worker = len(self._pending) + self._in_flight_items + returning
         return max(1, min(self.config.max_batch_size, -(-in_worker // self.config.streams)))
 
     def _share_ready(self) -> bool:
         return bool(self._pending) and len(self._pending) >= self._share()
 
-    async def _wait_for_share(self) -> None:
+    async def _wait_for_share(self, free_since: float) -> None:
         """Return when this stream should start a batch. While another stream is busy: once this stream's
-        share of the work is queued, or the oldest queued input waited half a batch's time (a free stream
-        never idles long behind queued work). With the device idle: once the queue fills a batch or the
-        oldest input waited max_wait."""
+        share of the work is queued, or after half a batch's time with work queued (a free stream never
+        idles long behind queued work), counted from when this stream freed up, since inputs that queued
+        while it ran waited for the device, not for it. With the device idle: once the queue fills a batch
+        or the oldest input waited max_wait."""
         while True:
             self._drop_dead_items()
             if not self._pending:
                 self._arrived.clear()
                 await self._arrived.wait()
                 continue
+            oldest = self._pending[0].request.enqueued_at
             if self._in_flight_items:
                 if self._share_ready():
                     return
                 patience = self._batch_seconds / 2 if self._batch_seconds is not None else None
+                waited = time.monotonic() - max(oldest, free_since)
             elif len(self._pending) >= self.config.max_batch_size:
                 return
             else:
                 patience = self.config.max_wait_ms / 1000
-            waited = time.monotonic() - self._pending[0].request.enqueued_at
+                waited = time.monotonic() - oldest
             if patience is not None and waited >= patience:
                 return
             self._arrived.clear()

@@ -361,3 +361,28 @@ async def test_the_rest_of_a_partly_served_request_goes_before_requests_that_cam
     assert adapter.forwarded[1] == [f"part {i}" for i in range(4)]
     assert adapter.forwarded[2] == ["part 4", "part 5", "newer 0", "newer 1"]
     await batcher.close(1)
+
+
+async def test_a_free_stream_waits_for_the_callers_it_just_answered_to_come_back():
+    # Closed-loop callers send again as soon as they are answered: a stream that started at once with
+    # what queued meanwhile would split the callers into three ever smaller groups, one always queued.
+    warm, queued, back = ["warm"], [f"queued {i}" for i in range(4)], [f"back {i}" for i in range(2)]
+    adapter = HoldingAdapter(held={*warm, *HELD})
+    batcher = await started(adapter, streams=2, max_batch_size=64, max_wait_ms=0)
+    warming = asyncio.create_task(batcher.submit(warm))
+    await asyncio.sleep(0.2)
+    adapter.release(warm)
+    await asyncio.wait_for(warming, 5)  # batches take ~200 ms: a free stream waits up to ~100 ms
+    running = [asyncio.create_task(batcher.submit([text])) for text in HELD]
+    await asyncio.sleep(0.05)
+    waiting = [asyncio.create_task(batcher.submit([text])) for text in queued]
+    await asyncio.sleep(0.15)  # queued for longer than a free stream's patience
+    adapter.release(adapter.preprocessed[1])  # 4 answered, 4 running, 4 queued since long ago
+    await asyncio.sleep(0.01)
+    returning = [asyncio.create_task(batcher.submit([text])) for text in back]
+    await asyncio.sleep(0.05)
+    adapter.release(HELD)
+    await asyncio.wait_for(asyncio.gather(*running, *waiting, *returning), 5)
+    # Its share of 4 running + 4 queued + 4 answered is 6: it waited for two callers to come back.
+    assert sorted(adapter.preprocessed[3]) == sorted([*queued, *back])
+    await batcher.close(1)
