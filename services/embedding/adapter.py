@@ -90,7 +90,8 @@ class EmbeddingAdapter(SpecAdapter):
 
     def preprocess(self, items: list[Item]) -> Prepared:
         if self.packs_sequences:
-            batch = pack(self._token_ids(items), self.spec.pack_length, self.tokenizer.pad_token_id or 0)
+            hidden_size = self.model[0].auto_model.config.hidden_size
+            batch = pack(self._token_ids(items), self.spec.pack_length, hidden_size, self.tokenizer.pad_token_id or 0)
             if self._pin:
                 batch = batch.map_tensors(lambda tensor: tensor.pin_memory())
             return Prepared(batch, batch.lengths)

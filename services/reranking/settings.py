@@ -23,7 +23,7 @@ class RerankingSettings(ModelWorkerSettings):
         "sentence-transformers/all-MiniLM-L6-v2", description="Embedding model of the fallback."
     )
     max_items_per_request: int = Field(1000, ge=1, description="Most documents in one request.")
-    pack_length: int = Field(256, ge=16, description="Row length of packed batches (query+document pairs).")
+    pack_length: int = Field(256, ge=16, description="Widest row of packed batches (query+document pairs).")
     max_windows_per_document: int = Field(
         8, ge=1, description="A document longer than the model's window is scored over overlapping windows of "
                              "itself (the query whole in each), best window wins; at most this many, from its start.")

@@ -81,7 +81,7 @@ class ModelWorkerSettings(WorkerSettings):
         0, ge=0, description="Batches the model runs at once, each on its own device thread; 0 (auto): 2 on a "
                              "CPU with 2 or more cores (README, design notes), 1 on CUDA or a single core."
     )
-    pack_length: int = Field(128, ge=16, description="Row length of packed batches (BERT models).")
+    pack_length: int = Field(128, ge=16, description="Widest row of packed batches (BERT models).")
     max_batch_size: int = Field(64, ge=1, description="Most inputs in one forward pass.")
     max_batch_tokens: int = Field(
         4096, ge=16, description="Most padded tokens (inputs x longest input) in one forward pass."

@@ -27,8 +27,8 @@ class SequenceClassification:
     def preprocess(self, texts: list[str], pairs: list[str] | None = None) -> Prepared:
         if self.packs_sequences:
             encoded = self.tokenizer(texts, pairs, truncation="longest_first", max_length=self.max_tokens)
-            batch = pack(encoded["input_ids"], self.pack_length, self.tokenizer.pad_token_id or 0,
-                         encoded.get("token_type_ids"))
+            batch = pack(encoded["input_ids"], self.pack_length, self.model.config.hidden_size,
+                         self.tokenizer.pad_token_id or 0, encoded.get("token_type_ids"))
             return Prepared(batch, batch.lengths)
         features = self.tokenizer(texts, pairs, padding=True, truncation="longest_first",
                                   max_length=self.max_tokens, return_tensors="pt")

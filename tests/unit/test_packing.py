@@ -3,11 +3,21 @@
 import numpy as np
 import pytest
 
-from services.runtime.packing import first_token_states, mean_pool, pack, plan_rows
+from services.runtime.packing import (
+    ATTENTION_RATIO,
+    WIDTH_STEP,
+    first_fit_decreasing,
+    first_token_states,
+    mean_pool,
+    pack,
+    plan_rows,
+)
 
 torch = pytest.importorskip("torch")
 
 FP32_TOLERANCE = 1e-5
+MINILM_HIDDEN = 384
+TINY_HIDDEN = 32
 
 
 def random_inputs(rng, count: int, longest: int, vocab: int = 1000) -> list[list[int]]:
@@ -41,27 +51,50 @@ def test_rows_hold_every_input_once_within_the_row_length():
     rng = np.random.default_rng(1)
     for _ in range(200):
         lengths = rng.integers(1, 60, size=int(rng.integers(1, 40))).tolist()
-        rows = plan_rows(lengths, 64)
+        rows = plan_rows(lengths, 64, MINILM_HIDDEN)
         assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
         assert all(sum(lengths[i] for i in row) <= 64 for row in rows)
 
 
 def test_rows_are_first_fit_decreasing():
     # Decreasing: 5 opens row 0, 4 does not fit beside it and opens row 1, 3 fills row 0, 2 joins row 1.
-    assert plan_rows([5, 3, 4, 2], 8) == [[0, 1], [2, 3]]
+    assert first_fit_decreasing([5, 3, 4, 2], 8) == [[0, 1], [2, 3]]
     # Longest first: 6 opens row 0 whatever its position in the input; 2 fills the first row with room.
-    assert plan_rows([5, 6, 2], 8) == [[1, 2], [0]]
+    assert first_fit_decreasing([5, 6, 2], 8) == [[1, 2], [0]]
+
+
+def cost(lengths: list[int], rows: list[list[int]], hidden_size: int) -> float:
+    """Token slots the rows hold (padded to the fullest, aligned), attention over each row counted on top."""
+    width = -(-max(sum(lengths[i] for i in row) for row in rows) // WIDTH_STEP) * WIDTH_STEP
+    return len(rows) * width * (1 + width / (ATTENTION_RATIO * hidden_size))
+
+
+def test_the_row_width_is_chosen_to_leave_less_padding():
+    # At 128 tokens the four 60s pair up and the 10 pads a third row: 3 x 128 token slots.
+    lengths = [60, 60, 60, 60, 10]
+    assert len(first_fit_decreasing(lengths, 128)) == 3
+    batch = pack([[1] * n for n in lengths], row_length=128, hidden_size=MINILM_HIDDEN)
+    assert tuple(batch.input_ids.shape) == (5, 64), "each input alone in a row of 64: 5 x 64 token slots"
+
+
+def test_the_chosen_width_never_costs_more_than_the_row_length():
+    rng = np.random.default_rng(4)
+    for _ in range(200):
+        lengths = rng.integers(3, 120, size=int(rng.integers(1, 48))).tolist()
+        rows = plan_rows(lengths, 128, MINILM_HIDDEN)
+        assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+        assert cost(lengths, rows, MINILM_HIDDEN) <= cost(lengths, first_fit_decreasing(lengths, 128), MINILM_HIDDEN)
 
 
 def test_an_input_longer_than_a_row_widens_every_row():
     # Every row is padded to the 20-token input, so the short inputs share a row of that width.
-    assert plan_rows([3, 20, 2], 8) == [[1], [0, 2]]
-    assert plan_rows([3, 20, 9, 2], 8) == [[1], [2, 0, 3]]
+    assert plan_rows([3, 20, 2], 8, MINILM_HIDDEN) == [[1], [0, 2]]
+    assert plan_rows([3, 20, 9, 2], 8, MINILM_HIDDEN) == [[1], [2, 0, 3]]
 
 
 def test_the_mask_lets_each_token_see_exactly_its_own_input():
     ids = [[11, 12, 13], [21, 22], [31, 32, 33, 34]]
-    batch = pack(ids, row_length=8)
+    batch = pack(ids, row_length=8, hidden_size=TINY_HIDDEN)
     mask = batch.attention_mask[:, 0].numpy()
     owner = np.full(batch.input_ids.shape, -1)
     owner.reshape(-1)[batch.token_index.numpy()] = batch.token_owner.numpy()
@@ -77,7 +110,7 @@ def test_the_mask_lets_each_token_see_exactly_its_own_input():
 def test_packed_rows_carry_ids_restarted_positions_segments_and_first_tokens():
     ids = [[11, 12, 13], [21, 22], [31, 32, 33, 34, 35, 36]]
     types = [[0, 0, 1], [0, 1], [0, 0, 0, 1, 1, 1]]
-    batch = pack(ids, row_length=8, pad_id=7, token_type_ids=types)
+    batch = pack(ids, row_length=8, hidden_size=TINY_HIDDEN, pad_id=7, token_type_ids=types)
     flat_ids = batch.input_ids.reshape(-1).numpy()
     flat_positions = batch.position_ids.reshape(-1).numpy()
     flat_types = batch.token_type_ids.reshape(-1).numpy()
@@ -98,7 +131,7 @@ def test_packed_inputs_match_the_model_run_on_each_alone(tiny_bert):
     rng = np.random.default_rng(2)
     ids = random_inputs(rng, 23, 40)
     types = [rng.integers(0, 2, size=len(row)).tolist() for row in ids]
-    batch = pack(ids, row_length=64, token_type_ids=types)
+    batch = pack(ids, row_length=64, hidden_size=TINY_HIDDEN, token_type_ids=types)
     assert batch.input_ids.shape[0] < len(ids), "the inputs share rows"
     hidden = run_packed(tiny_bert, batch)
     flat = hidden.reshape(-1, hidden.shape[-1])
@@ -112,7 +145,7 @@ def test_packed_inputs_match_the_model_run_on_each_alone(tiny_bert):
 def test_pooling_over_packed_rows_matches_pooling_each_input_alone(tiny_bert):
     rng = np.random.default_rng(3)
     ids = random_inputs(rng, 17, 50)
-    batch = pack(ids, row_length=128)
+    batch = pack(ids, row_length=128, hidden_size=TINY_HIDDEN)
     hidden = run_packed(tiny_bert, batch)
     pooled, first = mean_pool(hidden, batch), first_token_states(hidden, batch)
     assert pooled.shape == first.shape == (len(ids), hidden.shape[-1])
@@ -123,7 +156,7 @@ def test_pooling_over_packed_rows_matches_pooling_each_input_alone(tiny_bert):
 
 
 def test_device_copies_keep_the_layout():
-    batch = pack([[1, 2], [3]], row_length=4)
+    batch = pack([[1, 2], [3]], row_length=4, hidden_size=TINY_HIDDEN)
     copied = batch.map_tensors(lambda tensor: tensor.clone())
     for name in ("input_ids", "token_type_ids", "position_ids", "attention_mask", "token_index", "token_owner",
                  "first_token"):
