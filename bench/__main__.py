@@ -2,7 +2,8 @@
 
 For each scenario: (1) two in-process ceilings at their best batch size: fp32 (what sentence-transformers
 users get by default) and the best in-process run (the faster of fp32 and bf16 autocast where the CPU has
-native bf16), (2) direct
+native bf16), each the faster of a run before the mesh starts and one after it stops (a shared machine's
+speed drifts by more than the differences measured here), (2) direct
 gRPC to the worker (closed-loop Python grpc.aio client), (3) REST through the gateway (wrk, a native
 client), as items/s with p50/p99 latency and the served ratios against both ceilings; plus the dtype each
 worker chose, the gateway hop and every process's RSS. Last, the cost of tracing: the first scenario's first
@@ -118,6 +119,11 @@ def tracing_cost(row: dict, seconds: float, warmup: float) -> dict:
             "p99_on_ms": traced["p99_ms"], "spans_received": spans}
 
 
+def in_process_runs(name: str, corpus: int, modes: tuple[str, ...]) -> list[dict]:
+    """One in-process ceiling run per precision mode, each in a process of its own."""
+    return [run_json([sys.executable, "-m", "bench.inprocess", name, str(corpus), mode]) for mode in modes]
+
+
 def rate(result: dict, per_call: int) -> float:
     return result["requests"] * per_call / result["duration_s"]
 
@@ -133,28 +139,33 @@ def main() -> None:
 
     machine = describe_machine()
     modes = ("fp32", "bf16") if cpu_bf16_flags() else ("fp32",)
-    ceilings = {}
-    for name in names:
-        runs = [run_json([sys.executable, "-m", "bench.inprocess", name, str(args.corpus), mode]) for mode in modes]
-        ceilings[name] = {"fp32": runs[0], "best": max(runs, key=lambda run: run["rate"])}
-    rows = []
+    before = {name: in_process_runs(name, args.corpus, modes) for name in names}
+    loads = []
     with Mesh(sorted({SCENARIOS[name].worker for name in names})) as mesh:
         dtypes = mesh.dtypes()
         for name in names:
             scenario = SCENARIOS[name]
-            fp32, best = ceilings[name]["fp32"], ceilings[name]["best"]
             for concurrency, per_call in scenario.loads + (scenario.gpu_loads if machine["gpu"] else ()):
-                served = {"grpc": grpc_load(mesh, name, concurrency, per_call, args.seconds, args.warmup),
-                          "rest": rest_load(mesh, scenario, concurrency, per_call, args.seconds, args.warmup)}
-                rows.append({
-                    "scenario": name, "unit": scenario.unit, "concurrency": concurrency, "per_call": per_call,
-                    "in_process_fp32": fp32, "in_process_best": best,
-                    **{path: {**result, "rate": rate(result, per_call),
-                              "vs_fp32": rate(result, per_call) / fp32["rate"],
-                              "vs_best": rate(result, per_call) / best["rate"]}
-                       for path, result in served.items()},
-                })
+                loads.append((name, concurrency, per_call, {
+                    "grpc": grpc_load(mesh, name, concurrency, per_call, args.seconds, args.warmup),
+                    "rest": rest_load(mesh, scenario, concurrency, per_call, args.seconds, args.warmup)}))
         rss = mesh.rss()
+    ceilings = {}
+    for name in names:
+        runs = [max(first, second, key=lambda run: run["rate"])
+                for first, second in zip(before[name], in_process_runs(name, args.corpus, modes), strict=True)]
+        ceilings[name] = {"fp32": runs[0], "best": max(runs, key=lambda run: run["rate"])}
+    rows = []
+    for name, concurrency, per_call, served in loads:
+        fp32, best = ceilings[name]["fp32"], ceilings[name]["best"]
+        rows.append({
+            "scenario": name, "unit": SCENARIOS[name].unit, "concurrency": concurrency, "per_call": per_call,
+            "in_process_fp32": fp32, "in_process_best": best,
+            **{path: {**result, "rate": rate(result, per_call),
+                      "vs_fp32": rate(result, per_call) / fp32["rate"],
+                      "vs_best": rate(result, per_call) / best["rate"]}
+               for path, result in served.items()},
+        })
     busiest = max((row for row in rows if row["scenario"] == names[0]), key=lambda row: row["concurrency"])
     tracing = tracing_cost(busiest, args.seconds, args.warmup)
 
