@@ -117,6 +117,13 @@ def threads_per_stream(streams: int, cpu_threads: int = 0, cores: int | None = N
     return cpu_threads or max(1, (cores or available_cores()) // streams)
 
 
+def stream_layout(device: str, requested_streams: int = 0, cpu_threads: int = 0) -> tuple[int, int]:
+    """Device streams, and torch intra-op threads per stream (0 on CUDA, where torch keeps no CPU pool)."""
+    cores = available_cores()
+    streams = device_streams(device, requested_streams, cores)
+    return streams, 0 if device.startswith("cuda") else threads_per_stream(streams, cpu_threads, cores)
+
+
 def place(requested_device: str, requested_dtype: str, cpu_threads: int = 0,
           requested_streams: int = 0) -> tuple[str, Precision]:
     """Device and precision for a model about to load; on CPU sizes torch's intra-op pool for each stream."""
@@ -125,5 +132,5 @@ def place(requested_device: str, requested_dtype: str, cpu_threads: int = 0,
     if device == "cpu":
         import torch
 
-        torch.set_num_threads(threads_per_stream(device_streams(device, requested_streams), cpu_threads))
+        torch.set_num_threads(stream_layout(device, requested_streams, cpu_threads)[1])
     return device, precision

@@ -45,8 +45,19 @@ ATTENTION_RATIO = 2.2
 WIDTH_STEP = 16
 
 
-def _aligned(width: int) -> int:
-    return -(-width // WIDTH_STEP) * WIDTH_STEP
+def _aligned(tokens: int) -> int:
+    return -(-tokens // WIDTH_STEP) * WIDTH_STEP
+
+
+def row_width(lengths: list[int], rows: list[list[int]]) -> int:
+    """Tokens per row of the packed tensors: the fullest row's, rounded up to a multiple of WIDTH_STEP."""
+    return _aligned(max(sum(lengths[i] for i in row) for row in rows))
+
+
+def rows_cost(lengths: list[int], rows: list[list[int]], hidden_size: int) -> float:
+    """What the rows cost a model of `hidden_size`, in token slots of its linear layers, attention included."""
+    width = row_width(lengths, rows)
+    return len(rows) * width * (1 + width / (ATTENTION_RATIO * hidden_size))
 
 
 def plan_rows(lengths: list[int], row_length: int, hidden_size: int) -> list[list[int]]:
@@ -54,13 +65,9 @@ def plan_rows(lengths: list[int], row_length: int, hidden_size: int) -> list[lis
     input when that is longer) whose rows cost a model of `hidden_size` least."""
     longest = max(lengths)
     widest = max(row_length, longest)
-
-    def cost(rows: list[list[int]]) -> float:
-        width = _aligned(max(sum(lengths[i] for i in row) for row in rows))
-        return len(rows) * width * (1 + width / (ATTENTION_RATIO * hidden_size))
-
     widths = sorted({*range(_aligned(longest), widest, WIDTH_STEP), widest})
-    return min((first_fit_decreasing(lengths, width) for width in widths), key=cost)
+    return min((first_fit_decreasing(lengths, width) for width in widths),
+               key=lambda rows: rows_cost(lengths, rows, hidden_size))
 
 
 def first_fit_decreasing(lengths: list[int], width: int) -> list[list[int]]:
@@ -86,7 +93,7 @@ def pack(token_ids: list[list[int]], row_length: int, hidden_size: int, pad_id: 
 
     lengths = [len(ids) for ids in token_ids]
     rows = plan_rows(lengths, row_length, hidden_size)
-    width = _aligned(max(sum(lengths[i] for i in row) for row in rows))
+    width = row_width(lengths, rows)
     input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     types = np.zeros((len(rows), width), dtype=np.int64)
     position_ids = np.zeros((len(rows), width), dtype=np.int64)

@@ -11,7 +11,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from services.runtime.adapter import ModelAdapter, ModelDescription
 from services.runtime.batcher import BatchingConfig, BatchOutcome, DynamicBatcher
 from services.runtime.config import ModelWorkerSettings
-from services.runtime.device import cuda_memory_held, device_streams, threads_per_stream
+from services.runtime.device import cuda_memory_held, stream_layout
 from services.runtime.errors import Unavailable
 from services.runtime.gpu_share import GpuShare, share_mb
 from services.runtime.metrics import BatcherMetrics
@@ -56,10 +56,9 @@ class ModelServicer(WorkerServicer):
             self.gpu_share = GpuShare(self.settings.gpu_address, self.settings.service_name())
             memory_mb = share_mb(cuda_memory_held(self.model.device), self.settings.gpu_memory_mb)
             await self.gpu_share.reserve(memory_mb, int(self.model.device.partition(":")[2] or 0))
-        self.streams = device_streams(self.model.device, self.settings.device_streams)
-        # What services.runtime.device.place gave torch for each stream (0 on CUDA, where torch has no pool).
-        self.threads_per_stream = (0 if self.model.device.startswith("cuda")
-                                   else threads_per_stream(self.streams, self.settings.cpu_threads))
+        # The layout services.runtime.device.place gave torch when the adapter loaded.
+        self.streams, self.threads_per_stream = stream_layout(self.model.device, self.settings.device_streams,
+                                                              self.settings.cpu_threads)
         self.batcher = DynamicBatcher(self.adapter, self.batching_config(), BatcherMetrics(self.model.model_id))
         await self.batcher.start()
         log.info("model ready", extra={"model": self.model.model_id, "device": self.model.device,

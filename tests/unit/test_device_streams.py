@@ -4,7 +4,14 @@ import os
 
 import pytest
 
-from services.runtime.device import available_cores, device_streams, limit_blas_threads, place, threads_per_stream
+from services.runtime.device import (
+    available_cores,
+    device_streams,
+    limit_blas_threads,
+    place,
+    stream_layout,
+    threads_per_stream,
+)
 
 
 @pytest.mark.parametrize(("device", "requested", "cores", "streams"), [
@@ -32,6 +39,11 @@ def test_auto_streams_are_two_on_a_multi_core_cpu_and_one_on_cuda_unless_configu
 def test_each_stream_gets_its_share_of_the_cores_unless_threads_are_configured(streams, cpu_threads, cores,
                                                                                threads):
     assert threads_per_stream(streams, cpu_threads, cores=cores) == threads
+
+
+def test_the_layout_reports_no_cpu_threads_on_cuda_where_torch_keeps_no_pool():
+    assert stream_layout("cuda:0", requested_streams=2, cpu_threads=4) == (2, 0)
+    assert stream_layout("cpu", requested_streams=2, cpu_threads=3) == (2, 3)
 
 
 def test_placing_a_model_on_cpu_sizes_torchs_pool_for_one_stream():

@@ -4,13 +4,12 @@ import numpy as np
 import pytest
 
 from services.runtime.packing import (
-    ATTENTION_RATIO,
-    WIDTH_STEP,
     first_fit_decreasing,
     first_token_states,
     mean_pool,
     pack,
     plan_rows,
+    rows_cost,
 )
 
 torch = pytest.importorskip("torch")
@@ -47,13 +46,17 @@ def run_packed(model, batch):
                      attention_mask=batch.attention_mask, token_type_ids=batch.token_type_ids).last_hidden_state
 
 
-def test_rows_hold_every_input_once_within_the_row_length():
-    rng = np.random.default_rng(1)
+@pytest.mark.parametrize(("seed", "longest", "most_inputs", "row_length"), [(1, 59, 39, 64), (4, 119, 47, 128)])
+def test_rows_hold_every_input_once_and_never_cost_more_than_at_the_row_length(seed, longest, most_inputs,
+                                                                               row_length):
+    rng = np.random.default_rng(seed)
     for _ in range(200):
-        lengths = rng.integers(1, 60, size=int(rng.integers(1, 40))).tolist()
-        rows = plan_rows(lengths, 64, MINILM_HIDDEN)
+        lengths = rng.integers(1, longest + 1, size=int(rng.integers(1, most_inputs + 1))).tolist()
+        rows = plan_rows(lengths, row_length, MINILM_HIDDEN)
         assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
-        assert all(sum(lengths[i] for i in row) <= 64 for row in rows)
+        assert all(sum(lengths[i] for i in row) <= row_length for row in rows)
+        fixed = first_fit_decreasing(lengths, row_length)
+        assert rows_cost(lengths, rows, MINILM_HIDDEN) <= rows_cost(lengths, fixed, MINILM_HIDDEN)
 
 
 def test_rows_are_first_fit_decreasing():
@@ -63,27 +66,12 @@ def test_rows_are_first_fit_decreasing():
     assert first_fit_decreasing([5, 6, 2], 8) == [[1, 2], [0]]
 
 
-def cost(lengths: list[int], rows: list[list[int]], hidden_size: int) -> float:
-    """Token slots the rows hold (padded to the fullest, aligned), attention over each row counted on top."""
-    width = -(-max(sum(lengths[i] for i in row) for row in rows) // WIDTH_STEP) * WIDTH_STEP
-    return len(rows) * width * (1 + width / (ATTENTION_RATIO * hidden_size))
-
-
 def test_the_row_width_is_chosen_to_leave_less_padding():
     # At 128 tokens the four 60s pair up and the 10 pads a third row: 3 x 128 token slots.
     lengths = [60, 60, 60, 60, 10]
     assert len(first_fit_decreasing(lengths, 128)) == 3
     batch = pack([[1] * n for n in lengths], row_length=128, hidden_size=MINILM_HIDDEN)
     assert tuple(batch.input_ids.shape) == (5, 64), "each input alone in a row of 64: 5 x 64 token slots"
-
-
-def test_the_chosen_width_never_costs_more_than_the_row_length():
-    rng = np.random.default_rng(4)
-    for _ in range(200):
-        lengths = rng.integers(3, 120, size=int(rng.integers(1, 48))).tolist()
-        rows = plan_rows(lengths, 128, MINILM_HIDDEN)
-        assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
-        assert cost(lengths, rows, MINILM_HIDDEN) <= cost(lengths, first_fit_decreasing(lengths, 128), MINILM_HIDDEN)
 
 
 def test_an_input_longer_than_a_row_widens_every_row():
