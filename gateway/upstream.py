@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gateway.config import UpstreamSettings
 from gateway.contract import Limits
 from gateway.errors import ApiError, error_from_grpc
+from gateway.merging import CallMerger, Mergeable
 from gateway.metrics import BREAKER_STATE, UPSTREAM_CALLS
 from torchgate.telemetry import REQUEST_ID_HEADER, request_id
 from torchgate.v1 import common_pb2
@@ -160,6 +161,7 @@ class Upstream:
         )
         self.in_flight = 0
         self._trial_in_flight = False
+        self._merger = CallMerger(self._send, settings.merge_requests)
         self.limits: Limits | None = None
         self.serving = False
         self._tasks: list[asyncio.Task] = []
@@ -222,24 +224,38 @@ class Upstream:
             return timeout >= self.settings.breaker_min_deadline_s and _worker_error(error) != QUEUE_EXPIRED
         return code in BREAKER_CODES
 
-    async def call(self, method: str, request, timeout: float | None = None):
-        """Call `method` on the stub; raises ApiError with the HTTP mapping on any failure."""
+    async def call(self, method: str, request, timeout: float | None = None, merge: Mergeable | None = None):
+        """Call `method` on the stub; raises ApiError with the HTTP mapping on any failure.
+
+        With `merge`, the request may travel merged with concurrent ones (gateway/merging.py); the reply is
+        still this request's own.
+        """
         if self.in_flight >= self.settings.max_concurrency:
             raise ApiError(429, "overloaded", f"too many concurrent requests for the {self.name} service; retry later",
                            self.name, 1)
+        self.in_flight += 1
+        timeout = timeout or self.settings.timeout_s
+        try:
+            if merge is not None and self.limits is not None and self.settings.merge_requests > 1:
+                return await self._merger.call(method, request, timeout, merge, request_id.get(),
+                                               self.limits.max_items)
+            return await self._send(method, request, timeout, (request_id.get(),))
+        finally:
+            self.in_flight -= 1
+
+    async def _send(self, method: str, request, timeout: float, request_ids: tuple[str, ...]):
+        """One RPC through the breaker, on behalf of the requests named by `request_ids`."""
         trial = self.breaker.current_state != pybreaker.STATE_CLOSED
         if trial and self._trial_in_flight:
             raise self._circuit_open()
         self._trial_in_flight |= trial
-        self.in_flight += 1
-        timeout = timeout or self.settings.timeout_s
         answered: grpc.aio.AioRpcError | None = None
         cancelled: asyncio.CancelledError | None = None
         try:
             with self.breaker.calling():
                 try:
-                    reply = await getattr(self.stub, method)(request, timeout=timeout,
-                                                             metadata=((REQUEST_ID_HEADER, request_id.get()),))
+                    reply = await getattr(self.stub, method)(
+                        request, timeout=timeout, metadata=tuple((REQUEST_ID_HEADER, rid) for rid in request_ids))
                 except grpc.aio.AioRpcError as error:
                     if self.is_upstream_fault(error, timeout):
                         raise
@@ -253,7 +269,6 @@ class Upstream:
             UPSTREAM_CALLS.labels(self.name, error.code().name).inc()
             raise error_from_grpc(error.code(), error.details(), self.name) from None
         finally:
-            self.in_flight -= 1
             if trial:
                 self._trial_in_flight = False
         uninformative = cancelled or (answered and answered.code() == grpc.StatusCode.DEADLINE_EXCEEDED)

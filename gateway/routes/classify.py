@@ -6,8 +6,9 @@ from pydantic import ConfigDict, Field, model_validator
 from gateway.contract import RequestBody, enforce_texts, json_int, text_type, texts_type
 from gateway.dependencies import ModelRequest, model_pool, request_timeout
 from gateway.errors import MODEL_ROUTE_ERRORS, ApiError
+from gateway.merging import Mergeable
 from gateway.responses import JSONResponse
-from torchgate.v1 import classifier_pb2
+from torchgate.v1 import classifier_pb2, common_pb2
 
 router = APIRouter(responses=MODEL_ROUTE_ERRORS)
 
@@ -45,13 +46,27 @@ class BetterPromptsBatchRequest(RequestBody):
     force_intent: bool = FORCE_INTENT
 
 
+def _classify_reply_part(reply: classifier_pb2.ClassifyResponse, start: int,
+                         stop: int) -> classifier_pb2.ClassifyResponse:
+    """The reply to texts start:stop of a merged call."""
+    input_tokens = reply.input_tokens[start:stop]
+    tokens = sum(input_tokens)
+    return classifier_pb2.ClassifyResponse(
+        results=reply.results[start:stop], model=reply.model,
+        usage=common_pb2.Usage(prompt_tokens=tokens, total_tokens=tokens), timing=reply.timing,
+        input_tokens=input_tokens)
+
+
+MERGE_TEXTS = Mergeable("texts", _classify_reply_part)
+
+
 async def _classify(request: Request, texts: list[str], field: str, top_k: int = 0, model: str = "",
                     timeout: float | None = None, force_intent: bool = False) -> classifier_pb2.ClassifyResponse:
     client = model_pool(request, "classifier", model)
     enforce_texts(client.limits, texts, field, client.name)
     return await client.call("Classify", classifier_pb2.ClassifyRequest(texts=texts, top_k=top_k, model=model,
                                                                         force_intent=force_intent),
-                             request_timeout(request, client, timeout))
+                             request_timeout(request, client, timeout), merge=MERGE_TEXTS)
 
 
 def _score(value: float) -> float:

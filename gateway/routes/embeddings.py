@@ -18,9 +18,10 @@ from gateway.contract import (
 )
 from gateway.dependencies import ModelRequest, model_pool, request_timeout
 from gateway.errors import MODEL_ROUTE_ERRORS, ApiError
+from gateway.merging import Mergeable
 from gateway.responses import JSONResponse
 from gateway.upstream import Upstream
-from torchgate.v1 import embedding_pb2
+from torchgate.v1 import common_pb2, embedding_pb2
 
 router = APIRouter(responses=MODEL_ROUTE_ERRORS)
 
@@ -42,6 +43,21 @@ class EmbeddingsRequest(ModelRequest):
 class TokenizeRequest(ModelRequest):
     inputs: one_or_many_texts("embedding") = Field(description="A text or a list of texts.")
     add_special_tokens: bool = Field(True, description="Add the model's special tokens ([CLS], [SEP], ...).")
+
+
+def _embed_reply_part(reply: embedding_pb2.EmbedResponse, start: int, stop: int) -> embedding_pb2.EmbedResponse:
+    """The reply to inputs start:stop of a merged call."""
+    row_bytes = reply.dimension * 4
+    input_tokens = reply.input_tokens[start:stop]
+    tokens = sum(input_tokens)
+    return embedding_pb2.EmbedResponse(
+        embeddings=reply.embeddings[start * row_bytes:stop * row_bytes], dimension=reply.dimension,
+        count=stop - start, model=reply.model, usage=common_pb2.Usage(prompt_tokens=tokens, total_tokens=tokens),
+        timing=reply.timing, input_tokens=input_tokens)
+
+
+MERGE_TEXTS = Mergeable("texts", _embed_reply_part)
+MERGE_TOKEN_IDS = Mergeable("token_ids", _embed_reply_part)
 
 
 async def embed(request: Request, client: Upstream, inputs: list, *, model: str | None, truncate: bool,
@@ -67,6 +83,7 @@ async def embed(request: Request, client: Upstream, inputs: list, *, model: str 
             normalize=True, truncate=truncate, dimensions=dimensions or 0, model=model or "",
             prompt_name=prompt_name, input_type=input_type),
         request_timeout(request, client, timeout),
+        merge=MERGE_TOKEN_IDS if token_ids else MERGE_TEXTS,
     )
     return reply, np.frombuffer(reply.embeddings, dtype="<f4").reshape(reply.count, reply.dimension)
 

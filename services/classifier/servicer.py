@@ -53,6 +53,7 @@ class ClassifierServicer(ModelServicer, classifier_pb2_grpc.ClassifierServiceSer
             model=model.model_id,
             usage=common_pb2.Usage(prompt_tokens=tokens, total_tokens=tokens),
             timing=timing(outcome, started),
+            input_tokens=outcome.token_counts,
         )
 
     def _classification(self, text: str, scores: IntentScores, labels: list[str], real: list[int], top_k: int,

@@ -56,6 +56,7 @@ class EmbeddingServicer(ModelServicer, embedding_pb2_grpc.EmbeddingServiceServic
             model=model.model_id,
             usage=common_pb2.Usage(prompt_tokens=tokens, total_tokens=tokens),
             timing=timing(outcome, started),
+            input_tokens=outcome.token_counts,
         )
 
     async def Tokenize(self, request: embedding_pb2.TokenizeRequest, context) -> embedding_pb2.TokenizeResponse:

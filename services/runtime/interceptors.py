@@ -39,9 +39,9 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         async def behaviour(raw: bytes, context: grpc.aio.ServicerContext):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
-            offered = next((value for key, value in context.invocation_metadata() or () if key == REQUEST_ID_HEADER),
-                           None)
-            request_id.set(accepted_request_id(offered))
+            # A call the gateway merged from several requests names each of them.
+            offered = [value for key, value in context.invocation_metadata() or () if key == REQUEST_ID_HEADER]
+            request_id.set(",".join(map(accepted_request_id, offered)) or accepted_request_id(None))
             in_flight.inc()
             try:
                 try:

@@ -72,17 +72,19 @@ class TokenizeResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[Tokens, _Mapping]]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class EmbedResponse(_message.Message):
-    __slots__ = ("embeddings", "dimension", "count", "model", "usage", "timing")
+    __slots__ = ("embeddings", "dimension", "count", "model", "usage", "timing", "input_tokens")
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     embeddings: bytes
     dimension: int
     count: int
     model: str
     usage: _common_pb2.Usage
     timing: _common_pb2.Timing
-    def __init__(self, embeddings: _Optional[bytes] = ..., dimension: _Optional[int] = ..., count: _Optional[int] = ..., model: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., timing: _Optional[_Union[_common_pb2.Timing, _Mapping]] = ...) -> None: ...
+    input_tokens: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, embeddings: _Optional[bytes] = ..., dimension: _Optional[int] = ..., count: _Optional[int] = ..., model: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., timing: _Optional[_Union[_common_pb2.Timing, _Mapping]] = ..., input_tokens: _Optional[_Iterable[int]] = ...) -> None: ...
