@@ -2,6 +2,7 @@
 error, deadline and disconnect."""
 
 import asyncio
+import logging
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.unit.gateway.conftest import gateway_client, unused_address
 from tests.unit.gateway.test_embeddings_api import normalized
+from torchgate.telemetry import request_id
 
 
 async def upstream_calls(client, code: str) -> float:
@@ -118,3 +120,30 @@ async def test_classifications_merge_and_split_alike(fake_classifier_worker):
         calls = await upstream_calls(client, "OK") - before
     assert calls == 1
     assert [reply.json() for reply in together] == alone
+
+
+class RequestIds(logging.Handler):
+    """The request id each worker access line was written under."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.ids: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("rpc /torchgate.v1.EmbeddingService/Embed"):
+            self.ids.append(request_id.get())
+
+
+async def test_the_worker_names_every_request_of_a_merged_call(fake_embedding_worker):
+    access = logging.getLogger("torchgate.access")
+    handler, level = RequestIds(), access.level
+    access.addHandler(handler)
+    access.setLevel(logging.DEBUG)
+    try:
+        async with gateway_client(f"127.0.0.1:{fake_embedding_worker.port}") as client:
+            await asyncio.gather(*(client.post("/v1/embeddings", json={"input": f"text {name}"},
+                                               headers={"X-Request-ID": name}) for name in ("first", "second")))
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(level)
+    assert handler.ids == ["first,second"]
