@@ -15,8 +15,8 @@ class UpstreamSettings(BaseModel):
     breaker_reset_s: float = Field(60.0, gt=0, description="How long the breaker stays open before a trial call, "
                                                            "unless the upstream's health turns SERVING first.")
     max_concurrency: int = Field(512, ge=1, description="Requests in flight before new ones get 429.")
-    merge_requests: int = Field(32, ge=1, description="At most this many concurrent requests with the same options "
-                                                      "travel as one call (1: never merge).")
+    merge_requests: int = Field(8, ge=1, description="At most this many concurrent requests with the same options "
+                                                     "travel as one call (1: never merge).")
     retry_attempts: int = Field(3, ge=2, le=5, description="gRPC attempts for UNAVAILABLE (first call included).")
     breaker_min_deadline_s: float = Field(
         1.0, gt=0, description="DEADLINE_EXCEEDED counts as a breaker failure only for deadlines at least this long."

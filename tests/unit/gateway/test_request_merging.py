@@ -29,7 +29,7 @@ INPUTS = [["alpha"], ["beta gamma", "delta"], ["epsilon zeta eta"], ["theta", "i
           ["mu"], ["nu xi", "omicron"]]
 
 
-@pytest.mark.parametrize(("merge_requests", "expected_calls"), [(32, 1), (1, len(INPUTS))])
+@pytest.mark.parametrize(("merge_requests", "expected_calls"), [(8, 1), (2, len(INPUTS) // 2), (1, len(INPUTS))])
 async def test_concurrent_requests_share_one_call_and_each_gets_its_own_vectors(fake_embedding_worker,
                                                                                  merge_requests, expected_calls):
     async with gateway_client(f"127.0.0.1:{fake_embedding_worker.port}", merge_requests=merge_requests) as client:
