@@ -4,7 +4,9 @@ travel as one call.
 Why: a worker pays ~0.45 ms of event-loop time per RPC (grpc.aio), and the gateway ~0.1 ms, whatever the RPC
 carries. Under many single-text clients that was a tenth of a 2-core machine, taken from the model. Merging
 waits for nothing: the first request of a turn schedules the send for the next turn, and whoever arrived by
-then rides along. The worker still batches across calls; merging only removes per-call cost.
+then rides along. The worker still batches across calls; merging only removes per-call cost. Calls stay
+small (`max_requests`, 8 by default): a merged call is one request to the worker, and one split over two
+device streams answers its callers only when both parts are done, which ties the streams' callers together.
 
 Each caller keeps what was its own: its slice of the reply (`Mergeable.split`), its error (a merged call
 refused as invalid input is sent again one request at a time, so one client's bad input fails only that
@@ -13,7 +15,7 @@ cancelled when its last caller has gone).
 """
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from google.protobuf.message import Message
@@ -61,7 +63,7 @@ class _Merge:
             self.reply.set_result(task.result())
 
 
-Send = Callable[[str, Message, float, tuple[str, ...]], "asyncio.Future"]
+Send = Callable[[str, Message, float, tuple[str, ...]], Awaitable[Message]]
 
 
 class CallMerger:
