@@ -76,8 +76,11 @@ class CallMerger:
 
     async def call(self, method: str, request: Message, timeout: float, merge: Mergeable, request_id: str,
                    max_items: int) -> Message:
+        options = _options(request, merge.field)
+        if options is None:
+            return await self.send(method, request, timeout, (request_id,))
         items = len(getattr(request, merge.field))
-        key = (method, merge.field, timeout, _options(request, merge.field))
+        key = (method, merge.field, timeout, options)
         pending = self._open.get(key)
         if pending is None or len(pending.requests) >= self.max_requests or pending.items + items > max_items:
             pending = _Merge(asyncio.get_running_loop())
@@ -114,9 +117,15 @@ class CallMerger:
         pending.task.add_done_callback(pending.deliver)
 
 
-def _options(request: Message, field: str) -> bytes:
-    """Everything a request asks but its inputs: requests merge only when this is equal."""
-    options = type(request)()
-    options.CopyFrom(request)
-    options.ClearField(field)
-    return options.SerializeToString(deterministic=True)
+def _options(request: Message, field: str) -> tuple | None:
+    """Everything a request asks but its inputs (requests merge only when this is equal), read without
+    copying the inputs; None when another repeated field is set too: such a request travels alone."""
+    options = []
+    for descriptor, value in request.ListFields():
+        if descriptor.name == field:
+            continue
+        if descriptor.is_repeated:
+            return None
+        options.append((descriptor.name,
+                        value.SerializeToString(deterministic=True) if descriptor.message_type else value))
+    return tuple(options)

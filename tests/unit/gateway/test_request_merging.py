@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.merging import CallMerger, Mergeable
 from tests.unit.gateway.conftest import gateway_client, unused_address
 from tests.unit.gateway.test_embeddings_api import normalized
 from torchgate.telemetry import request_id
+from torchgate.v1 import embedding_pb2
 
 
 async def upstream_calls(client, code: str) -> float:
@@ -147,3 +149,20 @@ async def test_the_worker_names_every_request_of_a_merged_call(fake_embedding_wo
         access.removeHandler(handler)
         access.setLevel(level)
     assert handler.ids == ["first,second"]
+
+
+async def test_a_request_that_sets_other_inputs_too_travels_alone():
+    """Only the merged field may differ; a request with another repeated field set is never merged."""
+    sent = []
+
+    async def send(method, request, timeout, request_ids):
+        sent.append(list(request.texts))
+        return request
+
+    merger = CallMerger(send, max_requests=8)
+    by_texts = Mergeable("texts", lambda reply, start, stop: list(reply.texts[start:stop]))
+    both = embedding_pb2.EmbedRequest(texts=["a"], token_ids=[embedding_pb2.TokenIds(ids=[1])])
+    replies = await asyncio.gather(*(merger.call("Embed", request, 1.0, by_texts, "id", 16) for request in (
+        both, embedding_pb2.EmbedRequest(texts=["b"]), embedding_pb2.EmbedRequest(texts=["c"]))))
+    assert sorted(sent) == [["a"], ["b", "c"]]
+    assert replies[0] is both and replies[1:] == [["b"], ["c"]]
