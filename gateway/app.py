@@ -12,6 +12,7 @@ from fastapi.security import HTTPBearer
 from gateway.config import GatewaySettings
 from gateway.contract import publish_limits
 from gateway.errors import install_error_handlers
+from gateway.json_routes import json_routes
 from gateway.metrics import MULTIPROCESS_DIR, forget_this_process
 from gateway.middleware import EdgeMiddleware
 from gateway.registry import ModelPools, pool_name, pool_targets
@@ -113,7 +114,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(health.router)
     routes = frozenset(route.path for router in (*API_ROUTERS, health.router) for route in router.routes)
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes, routes=routes, api_keys=api_keys,
-                       open_paths=OPEN_PATHS, quiet_paths=PROBE_PATHS)
+                       open_paths=OPEN_PATHS, quiet_paths=PROBE_PATHS, json_routes=json_routes(API_ROUTERS))
     static_openapi = app.openapi
 
     def openapi() -> dict:

@@ -106,27 +106,33 @@ _FRIENDLIER = {
 }
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def invalid_body(errors: list[dict]) -> ApiError:
+    """422 naming each field of the body that does not match the schema (the first ten), with what to fix."""
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in e['loc'] if part != 'body' and part not in UNION_TAGS) or 'body'}: "
+        f"{_FRIENDLIER.get(e['type'], e['msg'])}"
+        for e in errors[:10]
+    )
+    return ApiError(422, "invalid_request_error", problems)
+
+
+def error_response(request: Request, error: Exception) -> JSONResponse:
     """Every error leaves as {"error": {"type", "message", "upstream"?}}; never a stack trace."""
-
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, error: ApiError):
+    if isinstance(error, ApiError):
         return error.response()
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, error: RequestValidationError):
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in e['loc'] if part != 'body' and part not in UNION_TAGS) or 'body'}: "
-            f"{_FRIENDLIER.get(e['type'], e['msg'])}"
-            for e in error.errors()[:10]
-        )
-        return ApiError(422, "invalid_request_error", problems).response()
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, error: HTTPException):
+    if isinstance(error, RequestValidationError):
+        return invalid_body(error.errors()).response()
+    if isinstance(error, HTTPException):
         return ApiError(error.status_code, "http_error", str(error.detail)).response(error.headers)
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
+    return ApiError(500, "internal_error", "internal error").response()
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception):
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return ApiError(500, "internal_error", "internal error").response()
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Render the errors of the routes FastAPI runs with error_response."""
+
+    async def handle(request: Request, error: Exception) -> JSONResponse:
+        return error_response(request, error)
+
+    for kind in (ApiError, RequestValidationError, HTTPException, Exception):
+        app.add_exception_handler(kind, handle)

@@ -3,9 +3,10 @@
 Every request gets an id first: the client's X-Request-ID when it is plain and short, else a fresh one; it is
 returned on every response, sent to the worker and named in every log line about the request. In order:
 header size (431), API key (401, before a byte of the body is read), body size counted as the
-bytes arrive, chunked uploads included (413, memory bounded by the cap), content type (415). The route
-then runs while the middleware listens for the client going away: a disconnect cancels the route, and
-with it the gRPC call, so the worker drops that request's queued work. Request metrics and the access log line
+bytes arrive, chunked uploads included (413, memory bounded by the cap), content type (415). The route (a
+POST route runs here, see gateway/json_routes.py; the rest through FastAPI) then runs while the middleware
+listens for the client going away: a disconnect cancels the route, and with it the gRPC call, so the worker
+drops that request's queued work. Request metrics and the access log line
 are written here.
 """
 
@@ -16,6 +17,7 @@ import logging
 import time
 
 from gateway.errors import ApiError
+from gateway.json_routes import JsonRoute
 from gateway.metrics import HTTP_REQUESTS, HTTP_SECONDS
 from torchgate.telemetry import REQUEST_ID_HEADER, accepted_request_id, request_id
 
@@ -35,8 +37,10 @@ def _is_json(content_type: bytes) -> bool:
 
 class EdgeMiddleware:
     def __init__(self, app, max_body_bytes: int, routes: frozenset[str], api_keys: tuple[bytes, ...],
-                 open_paths: frozenset[str], quiet_paths: frozenset[str] = frozenset()):
+                 open_paths: frozenset[str], quiet_paths: frozenset[str] = frozenset(),
+                 json_routes: dict[str, JsonRoute] | None = None):
         self.app = app
+        self.json_routes = json_routes or {}
         self.quiet_paths = quiet_paths
         self.max_body_bytes = max_body_bytes
         self.routes = routes
@@ -131,7 +135,9 @@ class EdgeMiddleware:
             await client_left.wait()
             return {"type": "http.disconnect"}
 
-        route = asyncio.ensure_future(self.app(scope, replay, send))
+        json_route = self.json_routes.get(scope["path"]) if scope["method"] == "POST" else None
+        route = asyncio.ensure_future(json_route(scope, body, replay, send) if json_route
+                                      else self.app(scope, replay, send))
 
         async def watch():
             while (await receive())["type"] != "http.disconnect":

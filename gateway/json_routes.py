@@ -1,0 +1,67 @@
+"""The API's POST routes, run straight from the edge: one JSON body in, one JSON response out.
+
+Every POST route is declared on a FastAPI router as `async def route(body: <RequestBody model>, request)`:
+FastAPI builds the OpenAPI schema and /docs from the declaration and answers other methods with 405, but
+the edge middleware calls the route itself. FastAPI's per-request path (router, exception middleware, exit
+stacks, dependency solving) was a third of the gateway's CPU per embedding request (README, design notes),
+and a closed loop of callers waits for that time on every round trip. Here the body is parsed by `json`,
+validated by the same model, and errors render as everywhere else (gateway/errors.py).
+"""
+
+import inspect
+import json
+import typing
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+from fastapi import APIRouter
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.errors import ApiError, error_response, invalid_body
+
+
+@dataclass(frozen=True)
+class JsonRoute:
+    body: type[BaseModel]
+    endpoint: Callable[[BaseModel, Request], Awaitable[Response]]
+
+    async def __call__(self, scope, body: bytes, receive, send) -> None:
+        request = Request(scope, receive)
+        try:
+            response = await self.endpoint(self.parse(body), request)
+        except Exception as error:
+            response = error_response(request, error)
+        await response(scope, receive, send)
+
+    def parse(self, body: bytes) -> BaseModel:
+        """The body as the route's model, or the 422 that says what to fix."""
+        if not body:
+            raise ApiError(422, "invalid_request_error", "body: empty; send a JSON object")
+        try:
+            document = json.loads(body)
+        except ValueError as error:  # JSONDecodeError, or bytes that are no Unicode text
+            raise ApiError(422, "invalid_request_error", f"body: not valid JSON ({error})") from None
+        if not isinstance(document, dict):
+            raise ApiError(422, "invalid_request_error", "body: send a JSON object")
+        try:
+            return self.body.model_validate(document)
+        except ValidationError as error:
+            raise invalid_body(error.errors()) from None
+
+
+def json_routes(routers: Iterable[APIRouter]) -> dict[str, JsonRoute]:
+    """Path -> JsonRoute for every POST route of the routers; a POST route of another shape fails start-up,
+    since the edge would run it without what FastAPI adds (dependencies, other parameters)."""
+    table = {}
+    for router in routers:
+        for route in router.routes:
+            if not isinstance(route, APIRoute) or "POST" not in route.methods:
+                continue
+            if (list(inspect.signature(route.endpoint).parameters) != ["body", "request"]
+                    or route.dependencies or route.methods != {"POST"}):
+                raise TypeError(f"POST {route.path}: a JSON route takes (body, request) only, and only POST")
+            table[route.path] = JsonRoute(typing.get_type_hints(route.endpoint)["body"], route.endpoint)
+    return table
