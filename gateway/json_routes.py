@@ -44,6 +44,8 @@ class JsonRoute:
             document = json.loads(body)
         except ValueError as error:  # JSONDecodeError, or bytes that are no Unicode text
             raise ApiError(422, "invalid_request_error", f"body: not valid JSON ({error})") from None
+        except RecursionError:
+            raise ApiError(422, "invalid_request_error", "body: JSON nested too deeply") from None
         if not isinstance(document, dict):
             raise ApiError(422, "invalid_request_error", "body: send a JSON object")
         try:

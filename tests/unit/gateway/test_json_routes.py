@@ -19,6 +19,7 @@ JSON = {"content-type": "application/json"}
     (b'{"input": "a"', "body: not valid JSON (Expecting ',' delimiter: line 1 column 14 (char 13))"),
     (b'{"input": "a"} {}', "body: not valid JSON (Extra data: line 1 column 16 (char 15))"),
     (b"\xff\xfe\xfa", "body: not valid JSON ("),
+    (b'{"input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "body: JSON nested too deeply"),
     (b'["a"]', "body: send a JSON object"),
     (b"null", "body: send a JSON object"),
     (b'{"input": 5}', "input: "),
