@@ -101,6 +101,7 @@ class CheckpointAdapter(SpecAdapter):
                                                      self.spec.pack_length, precision)
         self.packs_sequences = self.classification.packs_sequences
         self.settle_precision(lambda: self.forward(self.preprocess(SELF_CHECK_BATCH)), score_agreement)
+        self.trace_encoder(self.classification.encoder, lambda texts: self.preprocess(texts).features)
         return ModelDescription(model_id=self.model_id, model_path=str(path), device=device,
                                 dtype=self.precision.name, dtype_reason=self.precision.reason,
                                 max_input_tokens=self.max_tokens, labels=list(self.labels))

@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 
 from services.runtime.adapter import ModelDescription, Prepared, SpecAdapter
-from services.runtime.packing import PackedBatch, mean_pool, pack
+from services.runtime.packing import PackedBatch, PackedEncoder, mean_pool, pack
 from services.runtime.precision import SELF_CHECK_BATCH, cosine_agreement
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,11 @@ class EmbeddingAdapter(SpecAdapter):
         self.dimension = self.model.get_embedding_dimension()
         self.tokenizer = self.model.tokenizer
         self.packs_sequences = self._packable()
+        self.encoder = PackedEncoder(self.model[0].auto_model, self.device) if self.packs_sequences else None
         self.normalizes = any(type(module).__name__ == "Normalize" for module in self.model)
         self._pin = self.device.startswith("cuda") and torch.cuda.is_available()
         self.settle_precision(lambda: self.forward(self.preprocess(SELF_CHECK_BATCH)), cosine_agreement)
+        self.trace_encoder(self.encoder, lambda texts: self.preprocess(texts).features)
         log.info("embedding model loaded", extra={"model": self.model_id, "packed_batches": self.packs_sequences,
                                                   "dtype": self.precision.name, "dtype_reason": self.precision.reason})
         return ModelDescription(
@@ -111,11 +113,7 @@ class EmbeddingAdapter(SpecAdapter):
             if self.packs_sequences:
                 batch: PackedBatch = prepared.features.map_tensors(
                     lambda tensor: tensor.to(self.device, non_blocking=True))
-                hidden = self.model[0].auto_model(
-                    input_ids=batch.input_ids, position_ids=batch.position_ids,
-                    attention_mask=batch.attention_mask, token_type_ids=batch.token_type_ids,
-                ).last_hidden_state
-                embeddings = mean_pool(hidden, batch)
+                embeddings = mean_pool(self.encoder(batch), batch)
                 if self.normalizes:
                     embeddings = torch.nn.functional.normalize(embeddings, dim=-1)
             else:

@@ -1,5 +1,6 @@
 """The one extension point of a model worker."""
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,8 +11,11 @@ import numpy as np
 
 from services.runtime.device import place
 from services.runtime.models import resolve_model
-from services.runtime.precision import Precision, settle
+from services.runtime.packing import PackedBatch, PackedEncoder
+from services.runtime.precision import SELF_CHECK_BATCH, SELF_CHECK_TEXTS, Precision, settle
 from torchgate.models import model_names
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -24,11 +28,12 @@ class ModelSpec:
     cpu_threads: int = 0
     pack_length: int = 128
     device_streams: int = 0
+    trace: bool = True
 
     @classmethod
     def from_settings(cls, settings, model_id: str | None = None) -> "ModelSpec":
         return cls(model_id or settings.model, settings.device, settings.dtype, settings.cpu_threads,
-                   settings.pack_length, settings.device_streams)
+                   settings.pack_length, settings.device_streams, settings.trace)
 
 
 @dataclass
@@ -143,3 +148,14 @@ class SpecAdapter(ModelAdapter):
                          agreement: Callable[[np.ndarray, np.ndarray], tuple[bool, str]]) -> None:
         """Keep a bf16 candidate only if `run_sample()` agrees with its fp32 run and runs faster (precision.py)."""
         self.precision = settle(self.precision, run_sample, agreement, self.model_id)
+
+    def trace_encoder(self, encoder: PackedEncoder | None, sample: Callable[[list[str]], PackedBatch]) -> None:
+        """Once the precision is settled: run the packed encoder as a traced graph where it reproduces the
+        module (packing.py), on `sample(texts)` batches of two shapes; logs which forward pass runs."""
+        if encoder is None:
+            forward = "eager (padded batches)"
+        elif not self.spec.trace:
+            forward = "eager (TRACE=false)"
+        else:
+            forward = encoder.trace([sample(SELF_CHECK_BATCH), sample(SELF_CHECK_TEXTS[1:3])], self.precision.context)
+        log.info("forward pass: %s", forward, extra={"model": self.model_id, "forward": forward})

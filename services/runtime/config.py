@@ -82,6 +82,8 @@ class ModelWorkerSettings(WorkerSettings):
                              "CPU with 2 or more cores (README, design notes), 1 on CUDA or a single core."
     )
     pack_length: int = Field(128, ge=16, description="Widest row of packed batches (BERT models).")
+    trace: bool = Field(True, description="On CPU, run packed BERT encoders as a TorchScript graph traced at "
+                                          "start-up, where it reproduces the module; false: always eager.")
     max_batch_size: int = Field(64, ge=1, description="Most inputs in one forward pass.")
     max_batch_tokens: int = Field(
         4096, ge=16, description="Most padded tokens (inputs x longest input) in one forward pass."

@@ -12,6 +12,7 @@ fifth of a batch of 16 texts at 128 tokens), so the width is chosen per batch: a
 rounded up to a multiple of WIDTH_STEP.
 """
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,3 +142,67 @@ def mean_pool(hidden, batch: PackedBatch):
 def first_token_states(hidden, batch: PackedBatch):
     """Each input's first token state ([CLS]): (rows, length, dim) -> (inputs, dim)."""
     return hidden.reshape(-1, hidden.shape[-1]).index_select(0, batch.first_token)
+
+
+# Largest difference between the traced graph's token states and the eager module's that still counts as the
+# same computation (they run the same kernels; fp32 gives exactly equal states).
+TRACE_TOLERANCE = 1e-3
+
+
+class PackedEncoder:
+    """A BERT encoder on packed batches: a PackedBatch in, token states (rows, length, hidden) out.
+
+    On CPU it runs as a TorchScript graph, traced once the worker's precision is settled: the eager module
+    dispatches each of its ops from Python and holds the GIL between them, and a worker's two device streams
+    take turns at that lock (README, design notes). The graph is kept only when it reproduces the eager
+    module on sample batches of other shapes than the one it was traced on.
+    """
+
+    def __init__(self, bert, device: str):
+        self.bert = bert
+        self.device = device
+        self.graph = None
+
+    def __call__(self, batch: PackedBatch):
+        if self.graph is not None:
+            return self.graph(*_encoder_inputs(batch))
+        return self.bert(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                         attention_mask=batch.attention_mask, token_type_ids=batch.token_type_ids).last_hidden_state
+
+    def trace(self, samples: list[PackedBatch], context) -> str:
+        """Trace on `samples[0]` under `context()` (the precision's); keep the graph only if it agrees with the
+        eager module on every sample. Says which forward runs, and why."""
+        if self.device != "cpu":
+            return "eager (traced graphs are used on CPU only)"
+        import torch
+
+        class LastHiddenState(torch.nn.Module):
+            """The encoder with positional inputs and one output, as tracing takes it."""
+
+            def __init__(self, bert):
+                super().__init__()
+                self.bert = bert
+
+            def forward(self, input_ids, position_ids, attention_mask, token_type_ids):
+                return self.bert(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                                 token_type_ids=token_type_ids).last_hidden_state
+
+        try:
+            # Tracing warns of every Python value it freezes (and transformers of attributes it is asked
+            # for); the comparison below is what decides.
+            with torch.inference_mode(), context(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                graph = torch.jit.freeze(torch.jit.trace(LastHiddenState(self.bert).eval(),
+                                                         _encoder_inputs(samples[0]), check_trace=False))
+                worst = max(float((graph(*_encoder_inputs(sample)) - self(sample)).abs().max())
+                            for sample in samples)
+        except Exception as error:  # noqa: BLE001 - an encoder TorchScript cannot trace runs eager
+            return f"eager (tracing failed: {type(error).__name__}: {error})"
+        if worst > TRACE_TOLERANCE:
+            return f"eager (the traced graph differed from the module by {worst:.2g})"
+        self.graph = graph
+        return "traced TorchScript graph"
+
+
+def _encoder_inputs(batch: PackedBatch) -> tuple:
+    return batch.input_ids, batch.position_ids, batch.attention_mask, batch.token_type_ids

@@ -3,7 +3,7 @@
 import numpy as np
 
 from services.runtime.adapter import Prepared
-from services.runtime.packing import PackedBatch, first_token_states, pack
+from services.runtime.packing import PackedBatch, PackedEncoder, first_token_states, pack
 from services.runtime.precision import Precision
 
 
@@ -23,6 +23,7 @@ class SequenceClassification:
         self.device = device
         self.pack_length = pack_length
         self.packs_sequences = type(model).__name__ == "BertForSequenceClassification"
+        self.encoder = PackedEncoder(model.bert, device) if self.packs_sequences else None
 
     def preprocess(self, texts: list[str], pairs: list[str] | None = None) -> Prepared:
         if self.packs_sequences:
@@ -41,11 +42,7 @@ class SequenceClassification:
         with torch.inference_mode(), self.precision.context():
             if self.packs_sequences:
                 batch: PackedBatch = prepared.features.map_tensors(lambda t: t.to(self.device, non_blocking=True))
-                hidden = self.model.bert(
-                    input_ids=batch.input_ids, token_type_ids=batch.token_type_ids,
-                    position_ids=batch.position_ids, attention_mask=batch.attention_mask,
-                ).last_hidden_state
-                first = first_token_states(hidden, batch)
+                first = first_token_states(self.encoder(batch), batch)
                 logits = self.model.classifier(self.model.bert.pooler(first[:, None, :]))
             else:
                 features = {k: v.to(self.device) for k, v in prepared.features.items()}

@@ -1,9 +1,12 @@
 """Sequence packing gives each input exactly what it gets when run alone, at fp32 tolerance."""
 
+from contextlib import nullcontext
+
 import numpy as np
 import pytest
 
 from services.runtime.packing import (
+    PackedEncoder,
     first_fit_decreasing,
     first_token_states,
     mean_pool,
@@ -150,3 +153,51 @@ def test_device_copies_keep_the_layout():
                  "first_token"):
         assert torch.equal(getattr(copied, name), getattr(batch, name)), name
     assert copied.lengths == batch.lengths
+
+
+def test_the_traced_encoder_reproduces_the_module_on_batches_of_every_shape(tiny_bert):
+    rng = np.random.default_rng(11)
+    encoder = PackedEncoder(tiny_bert, "cpu")
+    samples = [pack(random_inputs(rng, count, 40), 64, TINY_HIDDEN) for count in (12, 3)]
+    assert encoder.trace(samples, nullcontext) == "traced TorchScript graph"
+    assert encoder.graph is not None
+    for count, longest, row_length in [(1, 5, 16), (7, 60, 64), (40, 30, 128), (2, 100, 32)]:
+        batch = pack(random_inputs(rng, count, longest), row_length, TINY_HIDDEN)
+        with torch.inference_mode():
+            traced = encoder(batch)
+        torch.testing.assert_close(traced, run_packed(tiny_bert, batch), rtol=0, atol=FP32_TOLERANCE)
+
+
+class ShapeBound(torch.nn.Module):
+    """An encoder whose result depends on a Python number taken from its input's shape: a trace freezes it."""
+
+    def forward(self, input_ids, position_ids, attention_mask, token_type_ids):
+        from transformers.modeling_outputs import BaseModelOutput
+
+        rows = float(input_ids.shape[0])
+        return BaseModelOutput(last_hidden_state=(input_ids[..., None] * rows).float())
+
+
+class Untraceable(torch.nn.Module):
+    def forward(self, input_ids, position_ids, attention_mask, token_type_ids):
+        if torch.jit.is_tracing():
+            raise RuntimeError("cannot be traced")
+        raise AssertionError("the eager module is not called while tracing fails")
+
+
+@pytest.mark.parametrize(("module", "reason"), [
+    (ShapeBound(), "eager (the traced graph differed from the module by"),
+    (Untraceable(), "eager (tracing failed: RuntimeError: cannot be traced)"),
+])
+def test_an_encoder_the_trace_does_not_reproduce_stays_eager(module, reason):
+    rng = np.random.default_rng(12)
+    encoder = PackedEncoder(module, "cpu")
+    samples = [pack(random_inputs(rng, count, 40), 64, TINY_HIDDEN) for count in (12, 30)]
+    assert encoder.trace(samples, nullcontext).startswith(reason)
+    assert encoder.graph is None
+
+
+def test_on_cuda_the_encoder_stays_eager(tiny_bert):
+    encoder = PackedEncoder(tiny_bert, "cuda")
+    assert encoder.trace([], nullcontext) == "eager (traced graphs are used on CPU only)"
+    assert encoder.graph is None
