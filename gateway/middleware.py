@@ -6,8 +6,7 @@ header size (431), API key (401, before a byte of the body is read), body size c
 bytes arrive, chunked uploads included (413, memory bounded by the cap), content type (415). The route (a
 POST route runs here, see gateway/json_routes.py; the rest through FastAPI) then runs while the middleware
 listens for the client going away: a disconnect cancels the route, and with it the gRPC call, so the worker
-drops that request's queued work. Request metrics and the access log line
-are written here.
+drops that request's queued work. Request metrics and the access log line are written here.
 """
 
 import asyncio
