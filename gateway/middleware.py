@@ -36,10 +36,10 @@ def _is_json(content_type: bytes) -> bool:
 
 class EdgeMiddleware:
     def __init__(self, app, max_body_bytes: int, routes: frozenset[str], api_keys: tuple[bytes, ...],
-                 open_paths: frozenset[str], quiet_paths: frozenset[str] = frozenset(),
-                 json_routes: dict[str, JsonRoute] | None = None):
+                 open_paths: frozenset[str], json_routes: dict[str, JsonRoute],
+                 quiet_paths: frozenset[str] = frozenset()):
         self.app = app
-        self.json_routes = json_routes or {}
+        self.json_routes = json_routes
         self.quiet_paths = quiet_paths
         self.max_body_bytes = max_body_bytes
         self.routes = routes
