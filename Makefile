@@ -8,7 +8,7 @@ GATEWAY_VENV := .venv-gateway
 PROTOS := $(wildcard protos/torchgate/v1/*.proto)
 K8S_MANIFESTS := $(shell find ops/docker/k8s -name '*.yaml')
 
-.PHONY: install protos check-protos run start stop health test test-gateway-isolated lint bench fuzz mutate clean
+.PHONY: install protos check-protos run start stop health images test test-gateway-isolated lint bench fuzz mutate clean
 
 install: $(INSTALLED)
 
@@ -38,6 +38,11 @@ stop:
 health:
 	scripts/health.sh
 
+# Both images with this machine's engine (Docker, else Podman, installed where missing); the worker's CUDA variant
+# where an NVIDIA GPU is present, else CPU; a local Debian base where no image registry answers (scripts/images.sh).
+images: $(INSTALLED)
+	scripts/images.sh
+
 # Offline checks of the deployment files too: Kubernetes schemas (kubernetes-validate), Dockerfiles (hadolint),
 # the compose file (Debian's docker-compose).
 lint: $(INSTALLED)
@@ -48,6 +53,7 @@ lint: $(INSTALLED)
 	command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null)
 	docker-compose -f ops/docker/docker-compose.yml config -q
 	docker-compose -f ops/docker/docker-compose.yml -f ops/docker/docker-compose.two-models.yml config -q
+	docker-compose -f ops/docker/docker-compose.yml -f ops/docker/docker-compose.gpu.yml config -q
 
 test: $(INSTALLED) lint test-gateway-isolated
 	$(BIN)/python -m pytest

@@ -2,7 +2,7 @@
 # Start the mesh: workers first (waiting on the gRPC health protocol), then the gateway.
 # Usage: scripts/start.sh [--follow] [--compose]
 #   --follow   stay in the foreground streaming the logs; Ctrl-C drains and stops everything
-#   --compose  use docker compose (ops/docker/docker-compose.yml) instead of local processes
+#   --compose  run the images of `make images` as containers instead (scripts/compose.sh up)
 set -euo pipefail
 source "$(dirname "$0")/mesh.sh"
 
@@ -10,7 +10,7 @@ follow=0
 for arg in "$@"; do
   case $arg in
     --follow) follow=1 ;;
-    --compose) exec docker compose -f ops/docker/docker-compose.yml up -d --wait ;;
+    --compose) exec scripts/compose.sh up ;;
     *) echo "unknown option $arg" >&2; exit 2 ;;
   esac
 done

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Drain and stop the mesh: gateway first, then the workers; SIGTERM, wait, then SIGKILL stragglers.
-# Idempotent: stopping a stopped mesh succeeds. Usage: scripts/stop.sh [--compose]
+# Idempotent: stopping a stopped mesh succeeds. Usage: scripts/stop.sh [--compose] (the containers: compose.sh down)
 set -uo pipefail
 source "$(dirname "$0")/mesh.sh"
 
 if [ "${1:-}" = "--compose" ]; then
-  exec docker compose -f ops/docker/docker-compose.yml down
+  exec scripts/compose.sh down
 fi
 
 STOP_TIMEOUT=${TORCHGATE_STOP_TIMEOUT:-20}

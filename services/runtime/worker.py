@@ -170,8 +170,12 @@ async def _serve(servicer: WorkerServicer, settings: WorkerSettings, tracing: bo
     stopping = asyncio.create_task(stop_requested.wait())
     await asyncio.wait({worker.loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if worker.loading.done() and not worker.loading.cancelled() and worker.loading.exception():
-        log.error("start-up failed: %s", worker.loading.exception(), exc_info=worker.loading.exception())
+        error = worker.loading.exception()
+        configuration_error = isinstance(error, ModelNotFound | DeviceError)
+        log.error("start-up failed: %s", error, exc_info=None if configuration_error else error)
         await worker.stop(0)
+        if configuration_error:
+            print(f"torchgate: {error}", file=sys.stderr)
         return 1
     await stopping
     log.info("draining", extra={"grace_s": settings.grace_period_s})

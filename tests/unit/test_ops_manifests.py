@@ -1,5 +1,6 @@
 """The compose file and Kubernetes manifests must agree with the code: ports, service names, probes."""
 
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -118,3 +119,15 @@ def test_the_two_model_example_points_the_gateway_at_a_pool_per_model_service():
                 for d in yaml.safe_load_all(path.read_text()) if d["kind"] == "Service"}
     pools = [pool.split(".")[0] for pool in operation["value"].split(";")]
     assert pools == ["embedding", "embedding-bge"] and set(pools) <= services
+
+
+def test_compose_and_kubernetes_run_the_images_that_make_images_builds():
+    built = subprocess.run(["bash", "-c", 'source scripts/containers.sh && echo "$GATEWAY_IMAGE $WORKER_IMAGE"'],
+                           cwd=OPS.parents[1], capture_output=True, text=True, check=True).stdout.split()
+    gateway_image, worker_image = built
+    compose = yaml.safe_load((OPS / "docker-compose.yml").read_text())["services"]
+    assert compose["gateway"]["image"] == gateway_image
+    assert {compose[name]["image"] for name in WORKERS} == {worker_image}
+    images = {container["image"] for document in k8s_documents() if document["kind"] in ("Deployment", "DaemonSet")
+              for container in document["spec"]["template"]["spec"]["containers"]}
+    assert images == {gateway_image, worker_image}
