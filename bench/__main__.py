@@ -6,8 +6,10 @@ native bf16), each the faster of a run before the mesh starts and one after it s
 speed drifts by more than the differences measured here), (2) direct
 gRPC to the worker (closed-loop Python grpc.aio client), (3) REST through the gateway (wrk, a native
 client), as items/s with p50/p99 latency and the served ratios against both ceilings; plus the dtype each
-worker chose, the gateway hop and every process's RSS. Last, the cost of tracing: the first scenario's first
-load again on a mesh that exports every span to an OTLP/gRPC receiver in this process.
+worker chose, the gateway hop and every process's RSS. Then the cost of tracing: the first scenario's first
+load again on a mesh that exports every span to an OTLP/gRPC receiver in this process. Last, the cost of
+containers, where `make images` has built them: embed C=32 x 1 through the containerized mesh
+(`scripts/start.sh --compose`) between two runs of the same load on the local mesh.
 """
 
 import argparse
@@ -84,6 +86,51 @@ class Mesh:
 
     def rss(self) -> dict[str, float]:
         return {pid_file.stem: rss_mb(int(pid_file.read_text())) for pid_file in self.run_dir.glob("*.pid")}
+
+
+class ContainerMesh:
+    """The containerized mesh (`scripts/start.sh --compose`) on host ports of its own; stopped on exit."""
+
+    PORTS = {"gateway": 18100, "gpu": 51151, "embedding": 51152, "reranking": 51153, "classifier": 51154}
+
+    def __init__(self):
+        self.run_dir = Path(tempfile.mkdtemp(prefix="torchgate-bench-containers-"))
+        self.ports = dict(self.PORTS)
+        self.env = {**os.environ, "TORCHGATE_PYTHON": sys.executable,
+                    **{f"TORCHGATE_{name.upper()}_PORT": str(port) for name, port in self.PORTS.items()}}
+
+    @staticmethod
+    def missing() -> str:
+        """Why the containers cannot run here ('' when both images are built)."""
+        found = subprocess.run(["bash", "-c", 'source scripts/containers.sh && find_engine && '
+                                '"${ENGINE_CMD[@]}" image inspect "$GATEWAY_IMAGE" "$WORKER_IMAGE" >/dev/null'],
+                               cwd=ROOT, capture_output=True, text=True)
+        return "" if found.returncode == 0 else "no engine or no images (make images)"
+
+    def __enter__(self):
+        subprocess.run([str(ROOT / "scripts/start.sh"), "--compose"], env=self.env, check=True, cwd=ROOT)
+        return self
+
+    def __exit__(self, *exc):
+        subprocess.run([str(ROOT / "scripts/stop.sh"), "--compose"], env=self.env, cwd=ROOT)
+
+
+def containers_cost(seconds: float, warmup: float) -> dict:
+    """embed C=32 x 1 over REST: local mesh, containerized mesh, local mesh again (the machine drifts)."""
+    concurrency, per_call, scenario = 32, 1, SCENARIOS["embed"]
+    if reason := ContainerMesh.missing():
+        return {"skipped": reason}
+
+    def served(mesh_factory) -> float:
+        with mesh_factory() as mesh:
+            return rate(rest_load(mesh, scenario, concurrency, per_call, seconds, warmup), per_call)
+
+    local_before = served(lambda: Mesh([scenario.worker]))
+    containers = served(ContainerMesh)
+    local_after = served(lambda: Mesh([scenario.worker]))
+    local = (local_before + local_after) / 2
+    return {"scenario": "embed", "concurrency": concurrency, "per_call": per_call, "local_before": local_before,
+            "local_after": local_after, "containers": containers, "ratio": containers / local}
 
 
 def rest_load(mesh: Mesh, scenario, concurrency: int, per_call: int, seconds: float, warmup: float) -> dict:
@@ -168,10 +215,11 @@ def main() -> None:
         })
     busiest = max((row for row in rows if row["scenario"] == names[0]), key=lambda row: row["concurrency"])
     tracing = tracing_cost(busiest, args.seconds, args.warmup)
+    containers = containers_cost(args.seconds, args.warmup) if "embed" in names else {"skipped": "no embed"}
 
     report = {"machine": machine, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "seconds_per_load": args.seconds, "worker_dtypes": dtypes, "rows": rows, "rss_mb": rss,
-              "tracing": tracing}
+              "tracing": tracing, "containers": containers}
     print_table(report)
     out = ROOT / "bench/results" / f"{time.strftime('%Y%m%d-%H%M%S')}-{platform.node() or 'host'}.json"
     out.write_text(json.dumps(report, indent=2))
@@ -204,6 +252,13 @@ def print_table(report: dict) -> None:
           f"off {tracing['off']:.1f}/s p99 {tracing['p99_off_ms']:.0f} ms, on {tracing['on']:.1f}/s "
           f"p99 {tracing['p99_on_ms']:.0f} ms ({tracing['on'] / tracing['off']:.2f}x; "
           f"{tracing['spans_received']} spans received)")
+    containers = report["containers"]
+    if "skipped" in containers:
+        print(f"containers: skipped ({containers['skipped']})")
+    else:
+        print(f"containers (embed, C=32 k=1, REST): local {containers['local_before']:.1f}/s and "
+              f"{containers['local_after']:.1f}/s, containerized {containers['containers']:.1f}/s "
+              f"({containers['ratio']:.2f}x of local)")
 
 
 def served_cells(result: dict) -> str:

@@ -135,10 +135,12 @@ def main() -> None:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
+    from gateway.http import HeaderTimeoutProtocol
+
     settings = GatewaySettings()
     configure_logging(settings.log_level, settings.log_format)
     config = uvicorn.Config("gateway.app:create_app", factory=True, host=settings.host, port=settings.port,
-                            workers=settings.workers, loop="uvloop", http="httptools",
+                            workers=settings.workers, loop="uvloop", http=HeaderTimeoutProtocol,
                             log_level=settings.log_level.lower(), access_log=False,
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     sock = config.bind_socket()

@@ -54,6 +54,9 @@ class GatewaySettings(BaseSettings):
         "", description="Comma-separated API keys; when set, /v1 and /api need `Authorization: Bearer <key>`."
     )
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Larger request bodies get 413.")
+    header_timeout_s: float = Field(10.0, gt=0, description="A connection whose request head (request line and "
+                                                            "headers) has not arrived this long after its first "
+                                                            "byte gets 408 and is closed.")
     health_timeout_s: float = Field(1.0, gt=0, description="Deadline of each upstream health probe in /health/ready.")
     log_level: str = Field("INFO", validation_alias=AliasChoices("TORCHGATE_LOG_LEVEL", "log_level"))
     log_format: str = Field("json", validation_alias=AliasChoices("TORCHGATE_LOG_FORMAT", "log_format"))

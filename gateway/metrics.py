@@ -17,6 +17,8 @@ HTTP_SECONDS = Histogram(
 )
 UPSTREAM_CALLS = Counter("torchgate_gateway_upstream_calls_total", "gRPC calls by upstream and outcome",
                          ["upstream", "code"])
+HEADER_TIMEOUTS = Counter("torchgate_gateway_header_timeouts_total",
+                          "Connections closed because their request head did not arrive within the header timeout")
 # Across processes the worst state counts: one process with an open breaker is an open breaker.
 BREAKER_STATE = Gauge("torchgate_gateway_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open",
                       ["upstream"], multiprocess_mode="livemax")

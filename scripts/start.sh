@@ -92,7 +92,16 @@ wait_until gateway gateway_ready
 printf '%-13s ready on %s   (docs: %s/docs, logs: %s/)\n' gateway "$(gateway_url)" "$(gateway_url)" "$RUN_DIR"
 
 if ((follow)); then
-  trap 'echo; scripts/stop.sh; exit 0' INT TERM
+  # Whatever stdout is piped into may be gone by now (Ctrl-C reaches `| tee` too): a write to it must not end
+  # the drain half-way, so the stop ignores SIGPIPE and a write error, as stop.sh does itself.
+  stop_mesh() {
+    trap '' INT TERM PIPE
+    set +e
+    scripts/stop.sh
+    exit 0
+  }
+  trap stop_mesh INT TERM
   tail -n 0 -F "$RUN_DIR"/*.log &
   wait
+  stop_mesh  # the follower ended (its reader went away): the foreground run ends, and its mesh with it
 fi

@@ -2,6 +2,9 @@
 # Drain and stop the mesh: gateway first, then the workers; SIGTERM, wait, then SIGKILL stragglers.
 # Idempotent: stopping a stopped mesh succeeds. Usage: scripts/stop.sh [--compose] (the containers: compose.sh down)
 set -uo pipefail
+# A drain runs to its end: neither a closed stdout (`| tee` gone after Ctrl-C) nor a second Ctrl-C stops it
+# half-way; every wait below is bounded.
+trap '' PIPE INT
 source "$(dirname "$0")/mesh.sh"
 
 if [ "${1:-}" = "--compose" ]; then

@@ -34,13 +34,9 @@ class Mesh:
         return int((self.run_dir / f"{service}.pid").read_text())
 
 
-@contextmanager
-def running_mesh(run_dir: Path, **extra_env: str) -> Iterator[Mesh]:
-    """The whole mesh started by scripts/start.sh; stop.sh runs whatever happened, a failed start included.
-
-    Every service binds port 0 and start.sh reads back the port it got ($RUN_DIR/<service>.port): no races.
-    """
-    env = {
+def mesh_env(run_dir: Path, **extra_env: str) -> dict[str, str]:
+    """What start.sh needs to run a mesh of its own: every port 0, logs and pid files under `run_dir`."""
+    return {
         **os.environ,
         "TORCHGATE_RUN_DIR": str(run_dir),
         "TORCHGATE_PYTHON": sys.executable,
@@ -56,6 +52,15 @@ def running_mesh(run_dir: Path, **extra_env: str) -> Iterator[Mesh]:
         **{f"TORCHGATE_{name.upper()}_PORT": "0" for name in SERVICES},
         **extra_env,
     }
+
+
+@contextmanager
+def running_mesh(run_dir: Path, **extra_env: str) -> Iterator[Mesh]:
+    """The whole mesh started by scripts/start.sh; stop.sh runs whatever happened, a failed start included.
+
+    Every service binds port 0 and start.sh reads back the port it got ($RUN_DIR/<service>.port): no races.
+    """
+    env = mesh_env(run_dir, **extra_env)
     mesh = Mesh(env, run_dir)
     try:
         started = mesh.script("start.sh")

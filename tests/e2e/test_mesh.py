@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from openai import OpenAI
 
-from tests.e2e.conftest import running_mesh
+from tests.e2e.conftest import ROOT, mesh_env, running_mesh
 from tests.integration.conftest import grpcurl
 from tests.tiny_models import MINILM, build_tiny_embedder
 
@@ -91,6 +91,37 @@ def processes_started_for(run_dir: Path) -> list[int]:
             if marker in environ.read_bytes().split(b"\0") and int(environ.parent.name) != os.getpid():
                 found.append(int(environ.parent.name))
     return found
+
+
+def test_ctrl_c_on_make_run_piped_into_tee_drains_and_stops_every_service(tmp_path):
+    """Ctrl-C reaches the whole foreground pipeline, `tee` included: the stop must not die on the closed pipe."""
+    run_dir = tmp_path / "run"
+    pipeline = subprocess.Popen(["bash", "-c", f"make -s run | tee {tmp_path / 'run.log'}"], cwd=ROOT,
+                                env=mesh_env(run_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                start_new_session=True)
+    try:
+        give_up = time.monotonic() + 240
+        while not (run_dir / "gateway.port").exists() or b"ready on" not in _read(tmp_path / "run.log"):
+            assert pipeline.poll() is None and time.monotonic() < give_up, pipeline.stderr.read().decode()
+            time.sleep(0.5)
+        services = {path.stem: int(path.read_text()) for path in run_dir.glob("*.pid")}
+        assert set(services) == {"gpu", "embedding", "reranking", "classifier", "gateway"}
+        os.killpg(pipeline.pid, signal.SIGINT)
+        pipeline.wait(timeout=90)
+        drained_by = time.monotonic() + 60  # each service's grace period, had anything outlived the pipeline
+        while (alive := [name for name, pid in services.items() if Path(f"/proc/{pid}").exists()]) and (
+                time.monotonic() < drained_by):
+            time.sleep(0.5)
+        assert alive == [], f"still running after Ctrl-C: {alive}"
+        assert processes_started_for(run_dir) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pipeline.pid, signal.SIGKILL)
+        subprocess.run([str(ROOT / "scripts" / "stop.sh")], env=mesh_env(run_dir), capture_output=True, timeout=60)
+
+
+def _read(path: Path) -> bytes:
+    return path.read_bytes() if path.exists() else b""
 
 
 def test_a_failed_start_leaves_no_process_behind(tmp_path):

@@ -6,10 +6,12 @@ import logging
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
-from gateway.errors import error_from_grpc
+from gateway.errors import ApiError, error_from_grpc
 from tests.unit.gateway.conftest import gateway_client, unused_address
 from torchgate.telemetry import request_id
+from torchgate.v1 import embedding_pb2
 
 
 async def test_the_bulkhead_answers_429_beyond_max_concurrency(fake_embedding_worker):
@@ -149,3 +151,15 @@ async def test_every_response_carries_the_request_id_and_the_worker_logs_it(fake
     assert refused.status_code == 401 and refused.headers["X-Request-ID"] == "abc-2"
     assert len(probe.headers["X-Request-ID"]) == 32
     assert "abc-1" in worker_lines, worker_lines
+
+
+async def test_a_request_the_worker_refuses_reaches_it_exactly_once(fake_embedding_worker):
+    """gRPC's retry policy retries UNAVAILABLE only: a refusal is the client's to fix, not to resend."""
+    refused = {"method": "/torchgate.v1.EmbeddingService/Embed", "code": "INVALID_ARGUMENT"}
+    before = REGISTRY.get_sample_value("torchgate_worker_requests_total", refused) or 0
+    async with gateway_client(f"127.0.0.1:{fake_embedding_worker.port}") as client:
+        upstream = client.app.state.upstreams["embedding"]
+        with pytest.raises(ApiError) as raised:
+            await upstream.call("Embed", embedding_pb2.EmbedRequest(texts=[]))
+    assert raised.value.status == 400
+    assert REGISTRY.get_sample_value("torchgate_worker_requests_total", refused) == before + 1
