@@ -67,8 +67,8 @@ class FakePairAdapter(FakeAdapter):
     def estimate_tokens(self, pair: tuple[str, str]) -> int:
         return len(pair[0].split()) + len(pair[1].split()) + 3
 
-    def document_budget(self, query: str) -> int:
-        return 10**9  # no window: documents are scored whole
+    def windows(self, query: str, document: str, max_windows: int, max_tokens: int = 0) -> list[str]:
+        return [document]  # no window: documents are scored whole
 
     def preprocess(self, pairs: list[tuple[str, str]]) -> Prepared:
         return Prepared(list(pairs), [self.estimate_tokens(pair) for pair in pairs])

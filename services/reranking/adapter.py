@@ -5,6 +5,7 @@ import logging
 import numpy as np
 
 from services.embedding.adapter import EmbeddingAdapter
+from services.reranking.windows import split_document, split_passages
 from services.runtime.adapter import ModelAdapter, ModelDescription, Prepared, SpecAdapter
 from services.runtime.precision import SELF_CHECK_BATCH, SELF_CHECK_TEXTS, score_agreement
 from services.runtime.sequence_classification import SequenceClassification
@@ -58,6 +59,10 @@ class CrossEncoderAdapter(SpecAdapter):
         query_tokens = len(self.tokenizer(query, add_special_tokens=False)["input_ids"])
         return max(MIN_WINDOW_TOKENS, self.max_tokens - query_tokens - 3)
 
+    def windows(self, query: str, document: str, max_windows: int, max_tokens: int = 0) -> list[str]:
+        """Model-sized overlapping windows beside the whole query, at most `max_windows` from the start."""
+        return split_document(self.tokenizer, document, self.document_budget(query), max_windows, max_tokens)
+
     def warmup(self) -> None:
         for length in (8, 64, self.max_tokens):
             prepared = self.preprocess([("warm up", "warm " * length)] * 4)
@@ -101,9 +106,11 @@ class EmbeddingFallbackAdapter(ModelAdapter):
     def tokenizer(self):
         return self.embedding.tokenizer
 
-    def document_budget(self, query: str) -> int:
-        """Document tokens that fit the embedding model beside its special tokens (the query is embedded apart)."""
-        return self.embedding.max_tokens - 2
+    def windows(self, query: str, document: str, max_windows: int, max_tokens: int = 0) -> list[str]:
+        """The document whole when it fits and each of its sentences (windows.py says why), over as many tokens
+        as `max_windows` model-sized windows would cover."""
+        whole = self.embedding.max_tokens - 2
+        return split_passages(self.tokenizer, document, whole, max_windows * whole, max_tokens)
 
     def warmup(self) -> None:
         self.embedding.warmup()

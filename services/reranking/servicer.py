@@ -7,7 +7,6 @@ import time
 from services.embedding.adapter import EmbeddingAdapter
 from services.reranking.adapter import CrossEncoderAdapter, EmbeddingFallbackAdapter
 from services.reranking.settings import RerankingSettings
-from services.reranking.windows import split_document
 from services.runtime.adapter import ModelAdapter, ModelSpec
 from services.runtime.errors import ModelNotFound
 from services.runtime.models import resolve_model
@@ -57,13 +56,9 @@ class RerankingServicer(ModelServicer, reranking_pb2_grpc.RerankingServiceServic
 
 
     def _windows(self, query: str, documents: list[str], max_tokens_per_doc: int) -> list[list[str]]:
-        """Each document as is, or cut to max_tokens_per_doc, or as overlapping windows when longer than fits."""
-        budget = self.adapter.document_budget(query)
+        """Each document as the windows its adapter scores it over (the document itself when it fits)."""
         limit = self.settings.max_windows_per_document
-        # A token spans at least one character: a document of at most `budget` characters fits whole.
-        return [[document] if not max_tokens_per_doc and len(document) <= budget
-                else split_document(self.adapter.tokenizer, document, budget, limit, max_tokens_per_doc)
-                for document in documents]
+        return [self.adapter.windows(query, document, limit, max_tokens_per_doc) for document in documents]
 
 
 def choose_adapter(settings: RerankingSettings) -> ModelAdapter:

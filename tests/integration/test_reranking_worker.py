@@ -166,3 +166,31 @@ async def test_with_the_fallback_a_long_document_whose_end_answers_the_query_ran
         assert reply.results[0].index == 1 and scores[1] > scores[2] + 0.1, scores
     else:  # one window sees only the start, as plain truncation would: the answer is lost
         assert scores[1] == pytest.approx(scores[2], abs=1e-4), scores
+
+
+LONG_DOCUMENT_CASES = [  # query, the answering sentence, a close distractor, the filler around the answer
+    ("What is the capital of France?", "Paris is the capital of France.", "Berlin is the capital of Germany.",
+     "It rained all morning and the streets were wet and grey until the afternoon."),
+    ("How many strings does a violin have?", "A violin has four strings.", "A guitar usually has six strings.",
+     "The committee met on Tuesday to review the budget and the plans for the new library."),
+    ("Who painted the Mona Lisa?", "The Mona Lisa was painted by Leonardo da Vinci.",
+     "The Starry Night was painted by Vincent van Gogh.",
+     "Fresh bread, a little butter and a pot of tea make a simple breakfast for a cold day."),
+]
+
+
+async def test_with_the_fallback_a_long_document_ranks_above_a_close_distractor_wherever_its_answer_is():
+    worker = await serve(model="missing-org/missing-cross-encoder", fallback="embedding", max_chars_per_item=8000)
+    channel, stub = stub_for(worker)
+    misranked = []
+    async with channel:
+        for query, answer, distractor, filler in LONG_DOCUMENT_CASES:
+            for position in (0, 12, 25):
+                sentences = [filler] * 25
+                sentences.insert(position, answer)
+                document = " ".join(sentences)
+                reply = await stub.Rerank(reranking_pb2.RerankRequest(query=query, documents=[distractor, document]))
+                if reply.results[0].index != 1:
+                    misranked.append((query, position))
+    await worker.stop(0)
+    assert misranked == []
