@@ -44,7 +44,8 @@ def test_every_environment_variable_is_in_the_readme_table():
 def test_the_readme_documents_no_variable_that_does_not_exist():
     # Read by scripts/ only.
     known = {"RUN_DIR", "PYTHON", "START_TIMEOUT", "STOP_TIMEOUT", "<WORKER>_REPLICAS", "EMBEDDING_MODELS",
-             "RERANKING_MODELS", "CLASSIFIER_MODELS"}
+             "RERANKING_MODELS", "CLASSIFIER_MODELS", "CONTAINER_ENGINE", "IMAGE_VARIANT", "IMAGE_BASE",
+             "TORCH_INDEX_URL", "PUBLISH_HOST", "MODELS"}
     for variable in set(re.findall(r"`(TORCHGATE_[A-Z_<>]+)`", README)):
         if variable.removeprefix("TORCHGATE_") in known:
             continue
