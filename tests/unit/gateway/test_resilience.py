@@ -162,4 +162,13 @@ async def test_a_request_the_worker_refuses_reaches_it_exactly_once(fake_embeddi
         with pytest.raises(ApiError) as raised:
             await upstream.call("Embed", embedding_pb2.EmbedRequest(texts=[]))
     assert raised.value.status == 400
-    assert REGISTRY.get_sample_value("torchgate_worker_requests_total", refused) == before + 1
+
+    def seen() -> float:
+        return (REGISTRY.get_sample_value("torchgate_worker_requests_total", refused) or 0) - before
+
+    # The worker counts a call as its handler returns, which may be just after the caller heard the status.
+    async with asyncio.timeout(5):
+        while seen() < 1:  # noqa: ASYNC110 - polls a counter the worker's interceptor sets
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)
+    assert seen() == 1
