@@ -52,8 +52,9 @@ find_compose() {
     if docker compose version >/dev/null 2>&1; then COMPOSE=(docker compose); else COMPOSE=(docker-compose); fi
   else
     local tool=.venv/bin/podman-compose
-    [ -x "$tool" ] || tool=$(command -v podman-compose) \
-      || { echo "podman-compose is missing: run make install" >&2; return 1; }
+    # podman-compose is pinned in the dev set: `make install` brings it, with the venv the probes run in.
+    if ! [ -x "$tool" ] && ! command -v podman-compose >/dev/null; then make -s install >&2 || return 1; fi
+    [ -x "$tool" ] || tool=$(command -v podman-compose)
     COMPOSE=("$tool" --podman-args "${ENGINE_CMD[*]:1}")
   fi
   COMPOSE+=(-p "$COMPOSE_PROJECT" "${files[@]}")

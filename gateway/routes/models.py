@@ -28,6 +28,7 @@ async def list_models(request: Request):
             "max_input_tokens": info.max_input_tokens, "dimension": info.dimension or None,
             "labels": list(info.labels) or None, "prompts": dict(info.prompts) or None,
             "fallback": info.fallback_reason or None, "stands_in_for": info.stands_in_for or None,
+            "fingerprint": info.fingerprint or None,
         }
         for (task, pool), info in zip(pools, infos, strict=True)
         if not isinstance(info, BaseException)

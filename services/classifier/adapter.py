@@ -55,6 +55,7 @@ class FewShotAdapter(ModelAdapter):
         described.model_id = f"few-shot:{described.model_id}"
         described.labels = list(self.examples.intents)
         described.dimension = 0
+        described.result_files = [str(self.examples_path)]
         return described
 
     def _embed(self, texts: list[str]) -> np.ndarray:

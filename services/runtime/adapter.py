@@ -60,6 +60,8 @@ class ModelDescription:
     prompts: dict[str, str] = field(default_factory=dict)
     vocab_size: int = 0
     stands_in_for: str = ""  # the configured model a fallback replaces
+    result_files: list[str] = field(default_factory=list)  # files besides the model's that change its results
+    fingerprint: str = ""  # services.runtime.fingerprint, set by the servicer after loading
 
     def names(self) -> set[str]:
         """What a request may call this model (torchgate.models.model_names)."""

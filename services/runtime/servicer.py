@@ -13,6 +13,7 @@ from services.runtime.batcher import BatchingConfig, BatchOutcome, DynamicBatche
 from services.runtime.config import ModelWorkerSettings
 from services.runtime.device import cuda_memory_held, stream_layout
 from services.runtime.errors import Unavailable
+from services.runtime.fingerprint import fingerprint
 from services.runtime.gpu_share import GpuShare, share_mb
 from services.runtime.metrics import BatcherMetrics
 from services.runtime.tracing import record_batching
@@ -51,6 +52,7 @@ class ModelServicer(WorkerServicer):
 
     async def load(self) -> None:
         self.model = await asyncio.to_thread(self.adapter.load)
+        self.model.fingerprint = await asyncio.to_thread(fingerprint, self.model)
         await asyncio.to_thread(self.adapter.warmup)
         if self.settings.gpu_address and self.model.device.startswith("cuda"):
             self.gpu_share = GpuShare(self.settings.gpu_address, self.settings.service_name())
@@ -114,6 +116,7 @@ class ModelServicer(WorkerServicer):
             prompts=model.prompts,
             vocab_size=model.vocab_size,
             stands_in_for=model.stands_in_for,
+            fingerprint=model.fingerprint,
         )
 
 

@@ -23,6 +23,11 @@ async def classify(worker: Worker, texts: list[str], top_k: int = 0) -> classifi
         return await stub.Classify(classifier_pb2.ClassifyRequest(texts=texts, top_k=top_k))
 
 
+async def info(worker: Worker) -> common_pb2.ModelInfo:
+    async with worker_channel(worker.port) as channel:
+        return await classifier_pb2_grpc.ClassifierServiceStub(channel).Info(common_pb2.InfoRequest())
+
+
 @pytest.fixture(scope="module")
 async def default_classifier():
     worker = await serve()
@@ -86,7 +91,16 @@ async def test_a_users_own_intents_from_a_jsonl_file(tmp_path):
     assert [r.intent for r in reply.results] == list(HELD_OUT.values())
     # Intents the technique table does not know get its default list (short texts add nothing for complexity).
     assert all(list(r.suggested_techniques) == ["zero_shot", "few_shot"] for r in reply.results)
+    first = (await info(worker)).fingerprint
     await worker.stop(0)
+
+    # The same embedder with one more example: a result cache must not take it for the same classifier.
+    with examples.open("a") as appended:
+        appended.write("\n" + json.dumps({"text": "one more example", "intent": next(iter(CUSTOM_INTENTS))}))
+    worker = await serve(examples=examples)
+    second = (await info(worker)).fingerprint
+    await worker.stop(0)
+    assert len(first) == len(second) == 64 and first != second
 
 
 async def test_the_checkpoint_backend_uses_the_checkpoints_labels(tiny_bert_dir, tmp_path):
