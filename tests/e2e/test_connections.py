@@ -42,6 +42,14 @@ def read_response(sock: socket.socket, timeout: float) -> http.client.HTTPRespon
     return response
 
 
+def declare_body(url: str, length: int) -> socket.socket:
+    """A connection that has sent the head of an embeddings request declaring `length` body bytes, and no body."""
+    sock = connect(url)
+    sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % length)
+    return sock
+
+
 def test_a_trickled_or_silent_request_head_is_a_408_and_a_closed_connection(tmp_path):
     service, url = gateway(tmp_path)
     try:
@@ -89,17 +97,13 @@ def test_a_slow_head_within_the_bound_and_a_keep_alive_pause_longer_than_it_stil
 def test_a_body_declared_too_large_is_a_413_before_a_byte_of_it_is_read(tmp_path):
     service, url = gateway(tmp_path)
     try:
-        too_large = connect(url)
-        too_large.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
-                          b"Content-Length: %d\r\n\r\n" % (MAX_BODY_BYTES + 1))
+        too_large = declare_body(url, MAX_BODY_BYTES + 1)
         assert read_response(too_large, timeout=5).status == 413
 
         # At the limit the gateway waits for the body it was promised, and then answers it.
         body = b'{"input": "' + b"x" * (MAX_BODY_BYTES - 13) + b'"}'
         assert len(body) == MAX_BODY_BYTES
-        at_limit = connect(url)
-        at_limit.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: %d\r\nConnection: close\r\n\r\n" % MAX_BODY_BYTES)
+        at_limit = declare_body(url, MAX_BODY_BYTES)
         at_limit.settimeout(HEADER_TIMEOUT_S * 2)
         try:
             early = at_limit.recv(65536)
