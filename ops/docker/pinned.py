@@ -6,7 +6,8 @@ rebuilds only the last, small layer.
 
 import sys
 import tomllib
+from pathlib import Path
 
-project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+project = tomllib.loads(Path("pyproject.toml").read_text())["project"]
 extras = project["optional-dependencies"]
 print("\n".join(project["dependencies"] + [line for name in sys.argv[1:] for line in extras[name]]))

@@ -141,6 +141,10 @@ class Worker:
         await self.servicer.drain(grace)
 
 
+# What an operator fixes in the configuration: one line naming it, exit 1, no traceback.
+CONFIGURATION_ERRORS = (ModelNotFound, DeviceError)
+
+
 def run_worker(build: Callable[[S], WorkerServicer], settings_class: type[S]) -> None:
     """Entry point of a worker process: configure, serve until SIGTERM/SIGINT, drain, exit."""
     settings = settings_class()
@@ -154,7 +158,7 @@ def run_worker(build: Callable[[S], WorkerServicer], settings_class: type[S]) ->
                                 **({"torchgate.model": model} if model else {}))
     try:
         servicer = build(settings)
-    except (ModelNotFound, DeviceError) as error:
+    except CONFIGURATION_ERRORS as error:
         log.error("cannot start: %s", error)
         raise SystemExit(f"torchgate: {error}") from None
     sys.exit(asyncio.run(_serve(servicer, settings, tracing)))
@@ -171,11 +175,11 @@ async def _serve(servicer: WorkerServicer, settings: WorkerSettings, tracing: bo
     await asyncio.wait({worker.loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if worker.loading.done() and not worker.loading.cancelled() and worker.loading.exception():
         error = worker.loading.exception()
-        configuration_error = isinstance(error, ModelNotFound | DeviceError)
+        configuration_error = isinstance(error, CONFIGURATION_ERRORS)
         log.error("start-up failed: %s", error, exc_info=None if configuration_error else error)
         await worker.stop(0)
         if configuration_error:
-            print(f"torchgate: {error}", file=sys.stderr)
+            raise SystemExit(f"torchgate: {error}")
         return 1
     await stopping
     log.info("draining", extra={"grace_s": settings.grace_period_s})
