@@ -5,7 +5,7 @@ import logging
 import numpy as np
 
 from services.embedding.adapter import EmbeddingAdapter
-from services.reranking.windows import split_document, split_passages
+from services.reranking.windows import PASSAGES_PER_WINDOW, split_document, split_passages
 from services.runtime.adapter import ModelAdapter, ModelDescription, Prepared, SpecAdapter
 from services.runtime.precision import SELF_CHECK_BATCH, SELF_CHECK_TEXTS, score_agreement
 from services.runtime.sequence_classification import SequenceClassification
@@ -107,10 +107,9 @@ class EmbeddingFallbackAdapter(ModelAdapter):
         return self.embedding.tokenizer
 
     def windows(self, query: str, document: str, max_windows: int, max_tokens: int = 0) -> list[str]:
-        """The document whole when it fits and each of its sentences (windows.py says why), over as many tokens
-        as `max_windows` model-sized windows would cover."""
-        whole = self.embedding.max_tokens - 2
-        return split_passages(self.tokenizer, document, whole, max_windows * whole, max_tokens)
+        """The document whole when it fits and each of its sentences (windows.py says why and how many)."""
+        return split_passages(self.tokenizer, document, self.embedding.max_tokens - 2,
+                              max_windows * PASSAGES_PER_WINDOW, max_tokens)
 
     def warmup(self) -> None:
         self.embedding.warmup()

@@ -7,7 +7,9 @@ one-sentence distractor with 256-token windows. Measured on 72 documents (6 ques
 the start, middle or end): the document beat its distractor 13 times with 254-token windows, 24 with 128, 37 with
 64, 59 with 32, 70 with 16, and 72 with one sentence a window; two sentences a window: 67. So the fallback scores
 the document whole (when it fits the model) and each sentence, a sentence longer than PASSAGE_TOKENS as
-overlapping windows of that many tokens.
+overlapping windows of that many tokens. Each passage is an input in the worker's queue: a document gets at
+most PASSAGES_PER_WINDOW times the cross-encoder's window count (windows of a quarter the size or less), so a
+document of many tiny sentences costs no more queue room than that.
 """
 
 import re
@@ -15,6 +17,7 @@ import re
 # Consecutive windows share a quarter of their tokens, so a sentence cut by one window's edge is whole in the next.
 OVERLAP = 0.25
 PASSAGE_TOKENS = 32
+PASSAGES_PER_WINDOW = 4
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|\n\s*")
 
 
@@ -49,17 +52,18 @@ def split_document(tokenizer, document: str, budget: int, max_windows: int, max_
     return _token_windows(document, offsets, budget, max_windows)
 
 
-def split_passages(tokenizer, document: str, whole_budget: int, covered_tokens: int, max_tokens: int = 0) -> list[str]:
+def split_passages(tokenizer, document: str, whole_budget: int, max_passages: int, max_tokens: int = 0) -> list[str]:
     """The document whole when it fits `whole_budget` tokens, and each of its sentences (one longer than
-    PASSAGE_TOKENS as overlapping windows of that size), over its first `covered_tokens` tokens; `max_tokens` > 0
-    first cuts the document to that many tokens."""
+    PASSAGE_TOKENS as overlapping windows of that size), at most `max_passages` of them from its start;
+    `max_tokens` > 0 first cuts the document to that many tokens."""
     if not max_tokens and len(document) <= PASSAGE_TOKENS:
         return [document]
     offsets = _offsets(tokenizer, document, max_tokens)
     if not offsets:
         return [document]
-    text = document[: offsets[min(len(offsets), covered_tokens) - 1][1]]
-    windows = [text] if len(offsets) <= whole_budget else []
+    text = document[: offsets[-1][1]]
+    whole = [text] if len(offsets) <= whole_budget else []
+    passages: list[str] = []
     cuts = [0, *(match.end() for match in _SENTENCE_END.finditer(text)), len(text)]
     token = 0
     for start, end in zip(cuts, cuts[1:], strict=False):
@@ -69,10 +73,10 @@ def split_passages(tokenizer, document: str, whole_budget: int, covered_tokens: 
         while token < len(offsets) and offsets[token][1] <= end:
             token += 1
         sentence = offsets[first:token]
-        if not sentence:
-            continue
-        if len(sentence) <= PASSAGE_TOKENS:
-            windows.append(text[sentence[0][0] : sentence[-1][1]])
-        else:
-            windows.extend(_token_windows(text, sentence, PASSAGE_TOKENS, len(sentence)))
-    return list(dict.fromkeys(windows))
+        if len(sentence) > PASSAGE_TOKENS:
+            passages.extend(_token_windows(text, sentence, PASSAGE_TOKENS, len(sentence)))
+        elif sentence:
+            passages.append(text[sentence[0][0] : sentence[-1][1]])
+        if len(passages) >= max_passages:
+            break
+    return list(dict.fromkeys(whole + passages[:max_passages]))

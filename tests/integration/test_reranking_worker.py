@@ -194,3 +194,19 @@ async def test_with_the_fallback_a_long_document_ranks_above_a_close_distractor_
                     misranked.append((query, position))
     await worker.stop(0)
     assert misranked == []
+
+
+def test_a_document_of_many_tiny_sentences_is_bounded_to_its_share_of_passages():
+    from transformers import AutoTokenizer
+
+    from services.reranking.windows import PASSAGE_TOKENS, split_passages
+    from services.runtime.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_model("sentence-transformers/all-MiniLM-L6-v2")))
+    tiny_sentences = " ".join(f"w{i}." for i in range(2000))
+    passages = split_passages(tokenizer, tiny_sentences, 254, max_passages=32)
+    assert len(passages) == 32 and passages[0] == "w0." and passages[-1] == "w31."
+    one_long_sentence = " ".join(f"word{i}" for i in range(400))
+    windows = split_passages(tokenizer, one_long_sentence, 254, max_passages=32)
+    assert len(windows) == 32 and all(len(tokenizer(w, add_special_tokens=False)["input_ids"]) <= PASSAGE_TOKENS
+                                      for w in windows)
