@@ -8,7 +8,7 @@ GATEWAY_VENV := .venv-gateway
 PROTOS := $(wildcard protos/torchgate/v1/*.proto)
 K8S_MANIFESTS := $(shell find ops/docker/k8s -name '*.yaml')
 
-.PHONY: install protos check-protos run start stop health images test test-gateway-isolated lint bench fuzz mutate clean
+.PHONY: install protos check-protos run start stop health images test test-gateway-isolated redis-server lint bench fuzz mutate clean
 
 install: $(INSTALLED)
 
@@ -55,8 +55,12 @@ lint: $(INSTALLED)
 	docker-compose -f ops/docker/docker-compose.yml -f ops/docker/docker-compose.two-models.yml config -q
 	docker-compose -f ops/docker/docker-compose.yml -f ops/docker/docker-compose.gpu.yml config -q
 
-test: $(INSTALLED) lint test-gateway-isolated
+# The response cache's and rate limits' tests start Debian's redis-server, as an operator would.
+test: $(INSTALLED) lint redis-server test-gateway-isolated
 	$(BIN)/python -m pytest
+
+redis-server:
+	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null)
 
 # The gateway's own tests in a virtualenv that has only the gateway dependency set: no torch anywhere.
 test-gateway-isolated:

@@ -9,12 +9,14 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.security import HTTPBearer
 
+from gateway.cache import ResponseCache
 from gateway.config import GatewaySettings
 from gateway.contract import publish_limits
 from gateway.errors import install_error_handlers
 from gateway.json_routes import json_routes
 from gateway.metrics import MULTIPROCESS_DIR, forget_this_process
 from gateway.middleware import EdgeMiddleware
+from gateway.redis_client import SharedRedis
 from gateway.registry import ModelPools, pool_name, pool_targets
 from gateway.routes import classify, cohere, embeddings, gpu, health, models, rerank
 from gateway.upstream import Upstream
@@ -92,9 +94,16 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 app.state.pools[task] = ModelPools(task, pools)
         for client in app.state.upstreams.values():
             client.start()
+        app.state.redis = SharedRedis(settings.cache_url, settings.redis_timeout_s) if settings.cache_url else None
+        if settings.cache:
+            app.state.cache = ResponseCache(settings.cache_bytes, app.state.redis, settings.cache_ttl_s)
         log.info("gateway ready", extra={"upstreams": {name: client.settings.addresses
                                                        for name, client in app.state.upstreams.items()}})
         yield
+        if app.state.cache is not None:
+            await app.state.cache.close()
+        if app.state.redis is not None:
+            await app.state.redis.close()
         for client in app.state.upstreams.values():
             await client.close()
         forget_this_process()
@@ -102,6 +111,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app = FastAPI(title="Torchgate", version=__version__, lifespan=lifespan,
                   description="Embeddings, reranking and intent classification over a gRPC mesh of model workers.")
     app.state.settings = settings
+    app.state.cache = None
     api_keys = tuple(key.strip().encode() for key in settings.api_keys.split(",") if key.strip())
     if not api_keys and not _is_loopback(settings.host):
         log.warning("API keys are off and the gateway listens on %s: anyone who reaches it can use it; "

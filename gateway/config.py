@@ -57,6 +57,14 @@ class GatewaySettings(BaseSettings):
     header_timeout_s: float = Field(10.0, gt=0, description="A connection whose request head (request line and "
                                                             "headers) has not arrived this long after its first "
                                                             "byte gets 408 and is closed.")
+    cache: bool = Field(True, description="Answer repeated inputs from the response cache (gateway/cache.py).")
+    cache_bytes: int = Field(128 * 1024 * 1024, ge=0, description="Bound of each gateway process's in-memory "
+                                                                   "cache tier, entries' overhead included (LRU).")
+    cache_url: str = Field("", description="redis:// or rediss://[user:password@]host:port/db: a cache tier shared "
+                                           "by every gateway process and replica (and their rate limits).")
+    cache_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="How long an entry lives in Redis.")
+    redis_timeout_s: float = Field(0.05, gt=0, description="Deadline of one Redis operation; a request slowed past "
+                                                           "it goes on without Redis.")
     health_timeout_s: float = Field(1.0, gt=0, description="Deadline of each upstream health probe in /health/ready.")
     log_level: str = Field("INFO", validation_alias=AliasChoices("TORCHGATE_LOG_LEVEL", "log_level"))
     log_format: str = Field("json", validation_alias=AliasChoices("TORCHGATE_LOG_FORMAT", "log_format"))

@@ -112,11 +112,12 @@ class Limits:
     max_token_id: int = 0
     prompt_names: tuple[str | None, ...] = (None,)  # null: no prompt
     stands_in_for: str = ""  # the configured model a fallback replaces
+    fingerprint: str = ""  # equal fingerprints, equal results (the response cache's key)
 
     @classmethod
     def from_info(cls, info) -> "Limits":
         return cls(info.model_id, info.max_items_per_request, info.max_chars_per_item, info.dimension,
-                   max(info.vocab_size - 1, 0), (None, *sorted(info.prompts)), info.stands_in_for)
+                   max(info.vocab_size - 1, 0), (None, *sorted(info.prompts)), info.stands_in_for, info.fingerprint)
 
     def names(self) -> set[str]:
         """What a request may call the model (torchgate.models.model_names)."""

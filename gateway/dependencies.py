@@ -1,8 +1,11 @@
 """Request-scoped helpers shared by the routes: upstream lookup, deadline, the fields every model route takes."""
 
+from dataclasses import dataclass
+
 from fastapi import Request
 from pydantic import Field
 
+from gateway.cache import Compute, ResponseCache, Scope
 from gateway.contract import Name, RequestBody
 from gateway.errors import ApiError
 from gateway.registry import ModelPools
@@ -53,3 +56,26 @@ def request_timeout(request: Request, client: Upstream, body_timeout: float | No
         raise ApiError(400, "invalid_request_error",
                        f"{TIMEOUT_HEADER} must be a number of seconds in [{MIN_TIMEOUT_S}, {MAX_TIMEOUT_S}]")
     return timeout
+
+
+@dataclass(frozen=True)
+class CacheUse:
+    """The response cache as one request uses it: its key space, and whether it may read (Cache-Control)."""
+
+    cache: ResponseCache
+    scope: Scope
+    read: bool
+
+    async def resolve(self, items: list[bytes], compute: Compute, timeout: float, valid=bool):
+        return await self.cache.resolve(self.scope, items, compute, timeout, self.read, valid)
+
+
+def response_cache(request: Request, client: Upstream, task: str, options: tuple) -> CacheUse | None:
+    """The cache for this request's inputs to `client`'s model under `options` (everything besides the inputs
+    that changes a result); None when the cache is off or the serving model's fingerprint is not known now."""
+    cache: ResponseCache | None = request.app.state.cache
+    identity = client.model_identity()
+    if cache is None or identity is None:
+        return None
+    directives = request.headers.get("cache-control", "").lower()
+    return CacheUse(cache, Scope(task, *identity, options), read="no-cache" not in directives)

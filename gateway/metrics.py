@@ -23,6 +23,17 @@ HEADER_TIMEOUTS = Counter("torchgate_gateway_header_timeouts_total",
 BREAKER_STATE = Gauge("torchgate_gateway_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open",
                       ["upstream"], multiprocess_mode="livemax")
 
+CACHE_HITS = Counter("torchgate_gateway_cache_hits_total", "Inputs answered by the response cache, by tier "
+                     "(local, redis, or shared: computed once for concurrent identical inputs)",
+                     ["task", "model", "tier"])
+CACHE_MISSES = Counter("torchgate_gateway_cache_misses_total", "Inputs the workers computed", ["task", "model"])
+CACHE_EVICTIONS = Counter("torchgate_gateway_cache_evictions_total", "In-memory entries dropped for room",
+                          ["task", "model"])
+CACHE_BYTES = Gauge("torchgate_gateway_cache_bytes", "Bytes held by the in-memory cache tier, overhead included",
+                    ["task", "model"], multiprocess_mode="livesum")
+REDIS_ERRORS = Counter("torchgate_gateway_redis_errors_total", "Redis operations that failed or timed out",
+                       ["operation"])
+
 
 def exposition() -> bytes:
     """The text exposition of this process, or of every gateway process in multiprocess mode."""

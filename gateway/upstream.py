@@ -163,6 +163,10 @@ class Upstream:
         self._trial_in_flight = False
         self._merger = CallMerger(self._send, settings.merge_requests)
         self.limits: Limits | None = None
+        # Whether `limits` describe the model serving now: false from a restart or a reply naming another
+        # fingerprint until Info answers again (the response cache is bypassed meanwhile).
+        self._limits_current = False
+        self._relearn = asyncio.Event()
         self.serving = False
         self._tasks: list[asyncio.Task] = []
 
@@ -183,11 +187,16 @@ class Upstream:
             try:
                 async for reply in self._health.Watch(request, wait_for_ready=True):
                     serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+                    if self.serving and not serving:
+                        self.model_changed()
                     if serving and not self.serving:
+                        self._relearn.set()
                         await self._early_trial()
                     self.serving = serving
             except grpc.aio.AioRpcError:
                 pass
+            if self.serving:
+                self.model_changed()
             self.serving = False
             await asyncio.sleep(HEALTH_RETRY_S)
 
@@ -205,12 +214,29 @@ class Upstream:
 
     async def _learn_limits(self) -> None:
         while True:
+            self._relearn.clear()
             try:
                 info = await self.stub.Info(common_pb2.InfoRequest(), timeout=self.settings.info_timeout_s)
                 self.limits = Limits.from_info(info)
-                await asyncio.sleep(LIMITS_REFRESH_S)
+                self._limits_current = not self._relearn.is_set()
+                wait = LIMITS_REFRESH_S
             except grpc.aio.AioRpcError:
-                await asyncio.sleep(LIMITS_RETRY_S)
+                wait = LIMITS_RETRY_S
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._relearn.wait()
+
+    def model_changed(self) -> None:
+        """The model behind this pool may have changed (a restart, a reply naming another fingerprint):
+        read Info again now, and treat the known fingerprint as stale until it answers."""
+        self._limits_current = False
+        self._relearn.set()
+
+    def model_identity(self) -> tuple[str, str] | None:
+        """(model id, fingerprint) of the model serving now, when known."""
+        if not self._limits_current or self.limits is None or not self.limits.fingerprint:
+            return None
+        return self.limits.model_id, self.limits.fingerprint
 
     def is_upstream_fault(self, error: grpc.aio.AioRpcError, timeout: float) -> bool:
         """Whether a failed call says the worker is unhealthy; nothing the client chose may say so.

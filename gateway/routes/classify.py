@@ -1,10 +1,14 @@
 """Intent classification: POST /v1/classify, and the BetterPrompts-compatible /api/v1/intents/* routes."""
 
+import struct
+
 from fastapi import APIRouter, Request
+from google.protobuf.message import DecodeError
 from pydantic import ConfigDict, Field, model_validator
 
+from gateway.cache import CacheOutcome, Computed
 from gateway.contract import RequestBody, enforce_texts, json_int, text_type, texts_type
-from gateway.dependencies import ModelRequest, model_pool, request_timeout
+from gateway.dependencies import ModelRequest, model_pool, request_timeout, response_cache
 from gateway.errors import MODEL_ROUTE_ERRORS, ApiError
 from gateway.merging import Mergeable
 from gateway.responses import JSONResponse
@@ -54,19 +58,52 @@ def _classify_reply_part(reply: classifier_pb2.ClassifyResponse, start: int,
     return classifier_pb2.ClassifyResponse(
         results=reply.results[start:stop], model=reply.model,
         usage=common_pb2.Usage(prompt_tokens=tokens, total_tokens=tokens), timing=reply.timing,
-        input_tokens=input_tokens)
+        input_tokens=input_tokens, fingerprint=reply.fingerprint)
 
 
 MERGE_TEXTS = Mergeable("texts", _classify_reply_part)
+# A cached classification: the tokens the model saw, then the Classification message.
+TOKENS = struct.Struct("<I")
 
 
 async def _classify(request: Request, texts: list[str], field: str, top_k: int = 0, model: str = "",
-                    timeout: float | None = None, force_intent: bool = False) -> classifier_pb2.ClassifyResponse:
+                    timeout: float | None = None,
+                    force_intent: bool = False) -> tuple[classifier_pb2.ClassifyResponse, CacheOutcome]:
+    """The classifications of `texts`, through the response cache, and what the cache answered."""
     client = model_pool(request, "classifier", model)
     enforce_texts(client.limits, texts, field, client.name)
-    return await client.call("Classify", classifier_pb2.ClassifyRequest(texts=texts, top_k=top_k, model=model,
-                                                                        force_intent=force_intent),
-                             request_timeout(request, client, timeout), merge=MERGE_TEXTS)
+    deadline = request_timeout(request, client, timeout)
+
+    async def call(subset: list[str], timeout: float = deadline) -> classifier_pb2.ClassifyResponse:
+        return await client.call("Classify", classifier_pb2.ClassifyRequest(
+            texts=subset, top_k=top_k, model=model, force_intent=force_intent), timeout, merge=MERGE_TEXTS)
+
+    cache = response_cache(request, client, "classifier", (top_k, force_intent))
+    if cache is None:
+        return await call(texts), CacheOutcome(0, len(texts))
+
+    async def compute(indices: list[int], timeout: float) -> Computed:
+        reply = await call([texts[i] for i in indices], timeout)
+        if reply.fingerprint != cache.scope.fingerprint:
+            client.model_changed()
+        return Computed([TOKENS.pack(tokens) + result.SerializeToString(deterministic=True)
+                         for tokens, result in zip(reply.input_tokens, reply.results, strict=True)],
+                        reply.fingerprint)
+
+    values, outcome = await cache.resolve([text.encode() for text in texts], compute, deadline,
+                                          valid=_is_classification)
+    tokens = sum(TOKENS.unpack_from(value)[0] for value in values)
+    return classifier_pb2.ClassifyResponse(
+        results=[classifier_pb2.Classification.FromString(value[TOKENS.size:]) for value in values],
+        model=cache.scope.model_id, usage=common_pb2.Usage(prompt_tokens=tokens, total_tokens=tokens)), outcome
+
+
+def _is_classification(value: bytes) -> bool:
+    try:
+        classifier_pb2.Classification.FromString(value[TOKENS.size:])
+    except DecodeError:
+        return False
+    return len(value) > TOKENS.size
 
 
 def _score(value: float) -> float:
@@ -102,16 +139,16 @@ def _better_prompts(result: classifier_pb2.Classification, reply: classifier_pb2
 @router.post("/v1/classify", response_class=JSONResponse)
 async def classify(body: ClassifyRequest, request: Request):
     field, texts = ("text", [body.text]) if "text" in body.model_fields_set else ("texts", body.texts)
-    reply = await _classify(request, texts, field, body.top_k or 0, body.model or "", body.timeout,
-                            body.force_intent)
+    reply, cached = await _classify(request, texts, field, body.top_k or 0, body.model or "", body.timeout,
+                                    body.force_intent)
     return JSONResponse({"results": [_result(r) for r in reply.results], "model": reply.model,
-                         "usage": {"total_tokens": reply.usage.total_tokens}})
+                         "usage": {"total_tokens": reply.usage.total_tokens}}, headers=cached.headers())
 
 
 @router.post("/api/v1/intents/classify", response_class=JSONResponse)
 async def classify_one(body: BetterPromptsRequest, request: Request):
-    reply = await _classify(request, [body.text], "text", force_intent=body.force_intent)
-    return JSONResponse(_better_prompts(reply.results[0], reply))
+    reply, cached = await _classify(request, [body.text], "text", force_intent=body.force_intent)
+    return JSONResponse(_better_prompts(reply.results[0], reply), headers=cached.headers())
 
 
 @router.post("/api/v1/intents/classify/batch", response_class=JSONResponse)
@@ -119,8 +156,8 @@ async def classify_batch(body: BetterPromptsBatchRequest, request: Request):
     if len(body.texts) > MAX_BATCH:
         raise ApiError(413, "request_too_large",
                        f"texts has {len(body.texts)} items; at most {MAX_BATCH} per batch: split the request")
-    reply = await _classify(request, body.texts, "texts", force_intent=body.force_intent)
-    return JSONResponse({"results": [_better_prompts(r, reply) for r in reply.results]})
+    reply, cached = await _classify(request, body.texts, "texts", force_intent=body.force_intent)
+    return JSONResponse({"results": [_better_prompts(r, reply) for r in reply.results]}, headers=cached.headers())
 
 
 @router.get("/api/v1/intents/types", response_class=JSONResponse)

@@ -6,13 +6,13 @@ from typing import Literal
 from fastapi import APIRouter, Request
 from pydantic import Field
 
-from gateway.contract import LIMIT_KEY, UINT32_MAX, enforce_texts, json_int, text_type, texts_type
-from gateway.dependencies import ModelRequest, model_pool, request_timeout
+from gateway.contract import LIMIT_KEY, UINT32_MAX, json_int, text_type, texts_type
+from gateway.dependencies import ModelRequest, model_pool
 from gateway.errors import MODEL_ROUTE_ERRORS
 from gateway.quantize import EMBEDDING_TYPES, by_type
 from gateway.responses import JSONResponse
 from gateway.routes.embeddings import embed
-from torchgate.v1 import reranking_pb2
+from gateway.routes.rerank import rank
 
 router = APIRouter(responses=MODEL_ROUTE_ERRORS)
 
@@ -47,31 +47,25 @@ class CohereRerankRequest(ModelRequest):
 @router.post("/v2/embed", response_class=JSONResponse)
 async def cohere_embed(body: CohereEmbedRequest, request: Request):
     client = model_pool(request, "embedding", body.model)
-    reply, vectors = await embed(request, client, body.texts, model=body.model, truncate=body.truncate == "END",
-                                 dimensions=body.output_dimension, timeout=body.timeout, input_type=body.input_type,
-                                 field="texts")
+    embedded = await embed(request, client, body.texts, model=body.model, truncate=body.truncate == "END",
+                           dimensions=body.output_dimension, timeout=body.timeout, input_type=body.input_type,
+                           field="texts")
     return JSONResponse({
         "id": str(uuid.uuid4()),
         "response_type": "embeddings_by_type",
-        "embeddings": {kind: by_type(vectors, kind) for kind in dict.fromkeys(body.embedding_types)},
+        "embeddings": {kind: by_type(embedded.vectors, kind) for kind in dict.fromkeys(body.embedding_types)},
         "texts": body.texts,
-        "meta": {"api_version": API_VERSION, "billed_units": {"input_tokens": reply.usage.prompt_tokens}},
-    })
+        "meta": {"api_version": API_VERSION, "billed_units": {"input_tokens": embedded.tokens}},
+    }, headers=embedded.cache.headers())
 
 
 @router.post("/v2/rerank", response_class=JSONResponse)
 async def cohere_rerank(body: CohereRerankRequest, request: Request):
     client = model_pool(request, "reranking", body.model)
-    enforce_texts(client.limits, [body.query], "query", client.name)
-    enforce_texts(client.limits, body.documents, "documents", client.name)
-    reply = await client.call(
-        "Rerank",
-        reranking_pb2.RerankRequest(query=body.query, documents=body.documents, top_n=body.top_n or 0,
-                                    model=body.model or "", max_tokens_per_doc=body.max_tokens_per_doc or 0),
-        request_timeout(request, client, body.timeout),
-    )
+    ranked = await rank(request, client, body.query, body.documents, model=body.model, top_n=body.top_n,
+                        max_tokens_per_doc=body.max_tokens_per_doc, timeout=body.timeout)
     return JSONResponse({
         "id": str(uuid.uuid4()),
-        "results": [{"index": r.index, "relevance_score": r.score} for r in reply.results],
+        "results": [{"index": index, "relevance_score": score} for index, score in ranked.results],
         "meta": {"api_version": API_VERSION, "billed_units": {"search_units": 1}},
-    })
+    }, headers=ranked.cache.headers())

@@ -1,12 +1,16 @@
 """POST /v1/embeddings (OpenAI-compatible) and POST /tokenize (TEI-compatible)."""
 
 import base64
+import struct
+from array import array
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
 from pydantic import Field
 
+from gateway.cache import CacheOutcome, Computed
 from gateway.contract import (
     LIMIT_KEY,
     UINT32_MAX,
@@ -16,12 +20,13 @@ from gateway.contract import (
     one_or_many_texts,
     texts_or_token_ids,
 )
-from gateway.dependencies import ModelRequest, model_pool, request_timeout
+from gateway.dependencies import ModelRequest, model_pool, request_timeout, response_cache
 from gateway.errors import MODEL_ROUTE_ERRORS, ApiError
 from gateway.merging import Mergeable
 from gateway.responses import JSONResponse
 from gateway.upstream import Upstream
 from torchgate.v1 import common_pb2, embedding_pb2
+from torchgate.vectors import shape_vectors
 
 router = APIRouter(responses=MODEL_ROUTE_ERRORS)
 
@@ -53,17 +58,27 @@ def _embed_reply_part(reply: embedding_pb2.EmbedResponse, start: int, stop: int)
     return embedding_pb2.EmbedResponse(
         embeddings=reply.embeddings[start * row_bytes:stop * row_bytes], dimension=reply.dimension,
         count=stop - start, model=reply.model, usage=common_pb2.Usage(prompt_tokens=tokens, total_tokens=tokens),
-        timing=reply.timing, input_tokens=input_tokens)
+        timing=reply.timing, input_tokens=input_tokens, fingerprint=reply.fingerprint)
 
 
 MERGE_TEXTS = Mergeable("texts", _embed_reply_part)
 MERGE_TOKEN_IDS = Mergeable("token_ids", _embed_reply_part)
 
 
+@dataclass(frozen=True)
+class Embedded:
+    """Vectors in request order, the model that made them, the tokens it saw, and what the cache answered."""
+
+    vectors: np.ndarray
+    model: str
+    tokens: int
+    cache: CacheOutcome
+
+
 async def embed(request: Request, client: Upstream, inputs: list, *, model: str | None, truncate: bool,
                 dimensions: int | None, timeout: float | None, prompt_name: str = "", input_type: str = "",
-                field: str = "input") -> tuple[embedding_pb2.EmbedResponse, np.ndarray]:
-    """Embed texts or token-id lists (the body's `field`) through `client`; the reply and its vectors."""
+                field: str = "input") -> Embedded:
+    """Embed texts or token-id lists (the body's `field`) through the response cache and `client`."""
     token_ids = bool(inputs) and isinstance(inputs[0], list)
     if token_ids:
         if client.limits and len(inputs) > client.limits.max_items:
@@ -75,30 +90,54 @@ async def embed(request: Request, client: Upstream, inputs: list, *, model: str 
         raise ApiError(422, "invalid_request_error",
                        f"dimensions is {dimensions} but the model has {client.limits.dimension}: ask for fewer",
                        client.name)
-    reply = await client.call(
-        "Embed",
-        embedding_pb2.EmbedRequest(
-            texts=[] if token_ids else inputs,
-            token_ids=[embedding_pb2.TokenIds(ids=ids) for ids in inputs] if token_ids else [],
-            normalize=True, truncate=truncate, dimensions=dimensions or 0, model=model or "",
-            prompt_name=prompt_name, input_type=input_type),
-        request_timeout(request, client, timeout),
-        merge=MERGE_TOKEN_IDS if token_ids else MERGE_TEXTS,
-    )
-    return reply, np.frombuffer(reply.embeddings, dtype="<f4").reshape(reply.count, reply.dimension)
+    deadline = request_timeout(request, client, timeout)
+
+    async def call(subset: list, shaped: bool, timeout: float = deadline) -> embedding_pb2.EmbedResponse:
+        """The worker's vectors: as asked when `shaped`, else raw and whole (the cache's canonical form)."""
+        return await client.call("Embed", embedding_pb2.EmbedRequest(
+            texts=[] if token_ids else subset,
+            token_ids=[embedding_pb2.TokenIds(ids=ids) for ids in subset] if token_ids else [],
+            normalize=shaped, truncate=truncate, dimensions=(dimensions or 0) if shaped else 0, model=model or "",
+            prompt_name=prompt_name, input_type=input_type), timeout,
+            merge=MERGE_TOKEN_IDS if token_ids else MERGE_TEXTS)
+
+    cache = response_cache(request, client, "embedding", (token_ids, truncate, prompt_name, input_type))
+    if cache is None:
+        reply = await call(inputs, shaped=True)
+        return Embedded(np.frombuffer(reply.embeddings, dtype="<f4").reshape(reply.count, reply.dimension),
+                        reply.model, reply.usage.prompt_tokens, CacheOutcome(0, len(inputs)))
+
+    async def compute(indices: list[int], timeout: float) -> Computed:
+        reply = await call([inputs[i] for i in indices], shaped=False, timeout=timeout)
+        if reply.fingerprint != cache.scope.fingerprint:
+            client.model_changed()
+        row = reply.dimension * 4
+        return Computed([struct.pack("<I", tokens) + reply.embeddings[i * row:(i + 1) * row]
+                         for i, tokens in enumerate(reply.input_tokens)], reply.fingerprint)
+
+    dimension = client.limits.dimension
+    items = [array("I", ids).tobytes() for ids in inputs] if token_ids else [text.encode() for text in inputs]
+    values, outcome = await cache.resolve(items, compute, deadline,
+                                          valid=lambda value: len(value) == 4 + 4 * dimension)
+    if any(len(value) != len(values[0]) for value in values):
+        client.model_changed()
+        raise ApiError(503, "upstream_unavailable", "the model changed while the request ran: retry", client.name, 1)
+    raw = np.frombuffer(b"".join(value[4:] for value in values), dtype="<f4").reshape(len(values), -1)
+    return Embedded(shape_vectors(raw, dimensions or raw.shape[1], normalize=True), cache.scope.model_id,
+                    sum(struct.unpack_from("<I", value)[0] for value in values), outcome)
 
 
 @router.post("/v1/embeddings", response_class=JSONResponse)
 async def create_embeddings(body: EmbeddingsRequest, request: Request):
     client = model_pool(request, "embedding", body.model)
-    reply, vectors = await embed(request, client, body.input, model=body.model, truncate=body.truncate,
-                                 dimensions=body.dimensions, timeout=body.timeout, prompt_name=body.prompt_name or "")
+    embedded = await embed(request, client, body.input, model=body.model, truncate=body.truncate,
+                           dimensions=body.dimensions, timeout=body.timeout, prompt_name=body.prompt_name or "")
     return JSONResponse({
         "object": "list",
-        "data": _vectors(vectors, body.encoding_format),
-        "model": reply.model,
-        "usage": {"prompt_tokens": reply.usage.prompt_tokens, "total_tokens": reply.usage.total_tokens},
-    })
+        "data": _vectors(embedded.vectors, body.encoding_format),
+        "model": embedded.model,
+        "usage": {"prompt_tokens": embedded.tokens, "total_tokens": embedded.tokens},
+    }, headers=embedded.cache.headers())
 
 
 def _vectors(vectors: np.ndarray, encoding_format: str) -> list[dict]:

@@ -1,17 +1,24 @@
-"""POST /v1/rerank, Cohere/Jina style."""
+"""POST /v1/rerank, Cohere/Jina style; `rank`, the one way the routes score documents."""
+
+import struct
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 from pydantic import Field
 
+from gateway.cache import CacheOutcome, Computed
 from gateway.contract import LIMIT_KEY, UINT32_MAX, RequestBody, enforce_texts, json_int, text_type
-from gateway.dependencies import ModelRequest, model_pool, request_timeout
+from gateway.dependencies import ModelRequest, model_pool, request_timeout, response_cache
 from gateway.errors import MODEL_ROUTE_ERRORS
 from gateway.responses import JSONResponse
+from gateway.upstream import Upstream
 from torchgate.v1 import reranking_pb2
 
 router = APIRouter(responses=MODEL_ROUTE_ERRORS)
 
 RerankText = text_type("reranking")
+# A cached (query, document) pair: tokens the model saw, activated score, raw score (as float32, as on the wire).
+PAIR = struct.Struct("<Iff")
 
 
 class Document(RequestBody):
@@ -28,25 +35,65 @@ class RerankRequest(ModelRequest):
     raw_scores: bool = Field(False, description="Logits instead of the model's activation.")
 
 
+@dataclass(frozen=True)
+class Ranked:
+    """(document index, score) best first, the model that scored, the tokens it saw, what the cache answered."""
+
+    results: list[tuple[int, float]]
+    model: str
+    tokens: int
+    cache: CacheOutcome
+
+
+async def rank(request: Request, client: Upstream, query: str, documents: list[str], *, model: str | None,
+               top_n: int | None, raw_scores: bool = False, max_tokens_per_doc: int | None = None,
+               timeout: float | None = None) -> Ranked:
+    """Score every document against the query through the response cache and `client`; the best `top_n`."""
+    enforce_texts(client.limits, [query], "query", client.name)
+    enforce_texts(client.limits, documents, "documents", client.name)
+    deadline = request_timeout(request, client, timeout)
+
+    def rerank_request(subset: list[str], **options) -> reranking_pb2.RerankRequest:
+        return reranking_pb2.RerankRequest(query=query, documents=subset, model=model or "",
+                                           max_tokens_per_doc=max_tokens_per_doc or 0, **options)
+
+    cache = response_cache(request, client, "reranking", (query, max_tokens_per_doc or 0))
+    if cache is None:
+        reply = await client.call("Rerank", rerank_request(documents, top_n=top_n or 0, raw_scores=raw_scores),
+                                  deadline)
+        return Ranked([(r.index, r.score) for r in reply.results], reply.model, reply.usage.total_tokens,
+                      CacheOutcome(0, len(documents)))
+
+    async def compute(indices: list[int], timeout: float) -> Computed:
+        reply = await client.call("Rerank", rerank_request([documents[i] for i in indices]), timeout)
+        if reply.fingerprint != cache.scope.fingerprint:
+            client.model_changed()
+        values = [b""] * len(indices)
+        for result in reply.results:
+            values[result.index] = PAIR.pack(reply.input_tokens[result.index], result.score, result.raw_score)
+        return Computed(values, reply.fingerprint)
+
+    values, outcome = await cache.resolve([document.encode() for document in documents], compute, deadline,
+                                          valid=lambda value: len(value) == PAIR.size)
+    pairs = [PAIR.unpack(value) for value in values]
+    # As the worker orders them: by the activated score, best first, ties in document order.
+    order = sorted(range(len(pairs)), key=lambda index: pairs[index][1], reverse=True)[: top_n or len(pairs)]
+    return Ranked([(index, pairs[index][2 if raw_scores else 1]) for index in order], cache.scope.model_id,
+                  sum(tokens for tokens, _, _ in pairs), outcome)
+
+
 @router.post("/v1/rerank", response_class=JSONResponse)
 async def rerank(body: RerankRequest, request: Request):
     client = model_pool(request, "reranking", body.model)
     documents = [doc if isinstance(doc, str) else doc.text for doc in body.documents]
-    enforce_texts(client.limits, [body.query], "query", client.name)
-    enforce_texts(client.limits, documents, "documents", client.name)
-    reply = await client.call(
-        "Rerank",
-        reranking_pb2.RerankRequest(query=body.query, documents=documents, top_n=body.top_n or 0,
-                                    return_documents=body.return_documents, raw_scores=body.raw_scores,
-                                    model=body.model or ""),
-        request_timeout(request, client, body.timeout),
-    )
+    ranked = await rank(request, client, body.query, documents, model=body.model, top_n=body.top_n,
+                        raw_scores=body.raw_scores, timeout=body.timeout)
     return JSONResponse({
-        "model": reply.model,
+        "model": ranked.model,
         "results": [
-            {"index": r.index, "relevance_score": r.score, **({"document": {"text": r.document}}
-                                                              if body.return_documents else {})}
-            for r in reply.results
+            {"index": index, "relevance_score": score, **({"document": {"text": documents[index]}}
+                                                          if body.return_documents else {})}
+            for index, score in ranked.results
         ],
-        "usage": {"total_tokens": reply.usage.total_tokens},
-    })
+        "usage": {"total_tokens": ranked.tokens},
+    }, headers=ranked.cache.headers())

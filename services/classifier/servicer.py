@@ -54,6 +54,7 @@ class ClassifierServicer(ModelServicer, classifier_pb2_grpc.ClassifierServiceSer
             usage=common_pb2.Usage(prompt_tokens=tokens, total_tokens=tokens),
             timing=timing(outcome, started),
             input_tokens=outcome.token_counts,
+            fingerprint=model.fingerprint,
         )
 
     def _classification(self, text: str, scores: IntentScores, labels: list[str], real: list[int], top_k: int,

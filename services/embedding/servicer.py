@@ -12,6 +12,7 @@ from services.runtime.errors import InvalidInput
 from services.runtime.servicer import ModelServicer, timing
 from services.runtime.validation import validate_model_name, validate_texts
 from torchgate.v1 import common_pb2, embedding_pb2, embedding_pb2_grpc
+from torchgate.vectors import shape_vectors
 
 # Cohere's input types and the prompt names models usually give the same role.
 INPUT_TYPE_FALLBACK = {"search_query": "query", "search_document": "document"}
@@ -44,19 +45,17 @@ class EmbeddingServicer(ModelServicer, embedding_pb2_grpc.EmbeddingServiceServic
             if not request.truncate:
                 await self._reject_overlong(items, model.max_input_tokens)
         outcome = await self.run_batched(items, context)
-        vectors = np.stack(outcome.results)[:, :dimension]
-        if request.normalize:
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            vectors = vectors / np.maximum(norms, 1e-12)
+        vectors = shape_vectors(np.stack(outcome.results), dimension, request.normalize)
         tokens = sum(outcome.token_counts)
         return embedding_pb2.EmbedResponse(
-            embeddings=np.ascontiguousarray(vectors, dtype="<f4").tobytes(),
+            embeddings=vectors.tobytes(),
             dimension=dimension,
             count=len(items),
             model=model.model_id,
             usage=common_pb2.Usage(prompt_tokens=tokens, total_tokens=tokens),
             timing=timing(outcome, started),
             input_tokens=outcome.token_counts,
+            fingerprint=model.fingerprint,
         )
 
     async def Tokenize(self, request: embedding_pb2.TokenizeRequest, context) -> embedding_pb2.TokenizeResponse:

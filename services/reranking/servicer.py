@@ -41,10 +41,13 @@ class RerankingServicer(ModelServicer, reranking_pb2_grpc.RerankingServiceServic
         ranked = sorted(best.items(), key=lambda scored: scored[1][0], reverse=True)
         top = ranked[: request.top_n or len(ranked)]
         tokens = sum(outcome.token_counts)
+        document_tokens = [0] * len(documents)
+        for index, count in zip(owners, outcome.token_counts, strict=True):
+            document_tokens[index] += count
         return reranking_pb2.RerankResponse(
             results=[
                 reranking_pb2.RerankResult(
-                    index=index, score=raw if request.raw_scores else score,
+                    index=index, score=raw if request.raw_scores else score, raw_score=raw,
                     document=documents[index] if request.return_documents else "",
                 )
                 for index, (score, raw) in top
@@ -52,6 +55,8 @@ class RerankingServicer(ModelServicer, reranking_pb2_grpc.RerankingServiceServic
             model=model.model_id,
             usage=common_pb2.Usage(prompt_tokens=tokens, total_tokens=tokens),
             timing=timing(outcome, started),
+            input_tokens=document_tokens,
+            fingerprint=model.fingerprint,
         )
 
 

@@ -115,9 +115,10 @@ class Answer:
 
 async def closed_loop(url: str, concurrency: int, seconds: float, deadline_s: float,
                       texts: list[str] | None = None) -> list[Answer]:
-    """`concurrency` callers POST /v1/embeddings back to back for `seconds`; every call is recorded."""
+    """`concurrency` callers POST /v1/embeddings back to back for `seconds`; every call is recorded. The calls
+    skip the response cache: these loads are about the path to the workers."""
     body = {"input": texts or ["the quick brown fox jumps over the lazy dog"]}
-    headers = {"X-Request-Timeout": str(deadline_s)}
+    headers = {"X-Request-Timeout": str(deadline_s), "Cache-Control": "no-cache"}
     answers: list[Answer] = []
     stop_at = time.monotonic() + seconds
     limits = httpx.Limits(max_connections=256)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from torchgate.v1 import common_pb2 as torchgate_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtorchgate/v1/classifier.proto\x12\x0ctorchgate.v1\x1a\x19torchgate/v1/common.proto\"T\n\x0f\x43lassifyRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05model\x18\x03 \x01(\t\x12\x14\n\x0c\x66orce_intent\x18\x04 \x01(\x08\",\n\x0bIntentScore\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"*\n\nComplexity\x12\r\n\x05level\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\xa8\x01\n\x0e\x43lassification\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12&\n\x03top\x18\x03 \x03(\x0b\x32\x19.torchgate.v1.IntentScore\x12,\n\ncomplexity\x18\x04 \x01(\x0b\x32\x18.torchgate.v1.Complexity\x12\x1c\n\x14suggested_techniques\x18\x05 \x03(\t\"\xb0\x01\n\x10\x43lassifyResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.torchgate.v1.Classification\x12\r\n\x05model\x18\x02 \x01(\t\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.torchgate.v1.Usage\x12$\n\x06timing\x18\x04 \x01(\x0b\x32\x14.torchgate.v1.Timing\x12\x14\n\x0cinput_tokens\x18\x05 \x03(\r\"\x14\n\x12ListIntentsRequest\"=\n\x06Intent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08\x65xamples\x18\x03 \x01(\r\"W\n\x13ListIntentsResponse\x12%\n\x07intents\x18\x01 \x03(\x0b\x32\x14.torchgate.v1.Intent\x12\x19\n\x11\x63omplexity_levels\x18\x02 \x03(\t2\xee\x01\n\x11\x43lassifierService\x12I\n\x08\x43lassify\x12\x1d.torchgate.v1.ClassifyRequest\x1a\x1e.torchgate.v1.ClassifyResponse\x12R\n\x0bListIntents\x12 .torchgate.v1.ListIntentsRequest\x1a!.torchgate.v1.ListIntentsResponse\x12:\n\x04Info\x12\x19.torchgate.v1.InfoRequest\x1a\x17.torchgate.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtorchgate/v1/classifier.proto\x12\x0ctorchgate.v1\x1a\x19torchgate/v1/common.proto\"T\n\x0f\x43lassifyRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05model\x18\x03 \x01(\t\x12\x14\n\x0c\x66orce_intent\x18\x04 \x01(\x08\",\n\x0bIntentScore\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"*\n\nComplexity\x12\r\n\x05level\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\xa8\x01\n\x0e\x43lassification\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12&\n\x03top\x18\x03 \x03(\x0b\x32\x19.torchgate.v1.IntentScore\x12,\n\ncomplexity\x18\x04 \x01(\x0b\x32\x18.torchgate.v1.Complexity\x12\x1c\n\x14suggested_techniques\x18\x05 \x03(\t\"\xc5\x01\n\x10\x43lassifyResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.torchgate.v1.Classification\x12\r\n\x05model\x18\x02 \x01(\t\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.torchgate.v1.Usage\x12$\n\x06timing\x18\x04 \x01(\x0b\x32\x14.torchgate.v1.Timing\x12\x14\n\x0cinput_tokens\x18\x05 \x03(\r\x12\x13\n\x0b\x66ingerprint\x18\x06 \x01(\t\"\x14\n\x12ListIntentsRequest\"=\n\x06Intent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08\x65xamples\x18\x03 \x01(\r\"W\n\x13ListIntentsResponse\x12%\n\x07intents\x18\x01 \x03(\x0b\x32\x14.torchgate.v1.Intent\x12\x19\n\x11\x63omplexity_levels\x18\x02 \x03(\t2\xee\x01\n\x11\x43lassifierService\x12I\n\x08\x43lassify\x12\x1d.torchgate.v1.ClassifyRequest\x1a\x1e.torchgate.v1.ClassifyResponse\x12R\n\x0bListIntents\x12 .torchgate.v1.ListIntentsRequest\x1a!.torchgate.v1.ListIntentsResponse\x12:\n\x04Info\x12\x19.torchgate.v1.InfoRequest\x1a\x17.torchgate.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,13 +41,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLASSIFICATION']._serialized_start=251
   _globals['_CLASSIFICATION']._serialized_end=419
   _globals['_CLASSIFYRESPONSE']._serialized_start=422
-  _globals['_CLASSIFYRESPONSE']._serialized_end=598
-  _globals['_LISTINTENTSREQUEST']._serialized_start=600
-  _globals['_LISTINTENTSREQUEST']._serialized_end=620
-  _globals['_INTENT']._serialized_start=622
-  _globals['_INTENT']._serialized_end=683
-  _globals['_LISTINTENTSRESPONSE']._serialized_start=685
-  _globals['_LISTINTENTSRESPONSE']._serialized_end=772
-  _globals['_CLASSIFIERSERVICE']._serialized_start=775
-  _globals['_CLASSIFIERSERVICE']._serialized_end=1013
+  _globals['_CLASSIFYRESPONSE']._serialized_end=619
+  _globals['_LISTINTENTSREQUEST']._serialized_start=621
+  _globals['_LISTINTENTSREQUEST']._serialized_end=641
+  _globals['_INTENT']._serialized_start=643
+  _globals['_INTENT']._serialized_end=704
+  _globals['_LISTINTENTSRESPONSE']._serialized_start=706
+  _globals['_LISTINTENTSRESPONSE']._serialized_end=793
+  _globals['_CLASSIFIERSERVICE']._serialized_start=796
+  _globals['_CLASSIFIERSERVICE']._serialized_end=1034
 # @@protoc_insertion_point(module_scope)

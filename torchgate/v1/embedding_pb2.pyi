@@ -72,7 +72,7 @@ class TokenizeResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[Tokens, _Mapping]]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class EmbedResponse(_message.Message):
-    __slots__ = ("embeddings", "dimension", "count", "model", "usage", "timing", "input_tokens")
+    __slots__ = ("embeddings", "dimension", "count", "model", "usage", "timing", "input_tokens", "fingerprint")
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +80,7 @@ class EmbedResponse(_message.Message):
     USAGE_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
     INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     embeddings: bytes
     dimension: int
     count: int
@@ -87,4 +88,5 @@ class EmbedResponse(_message.Message):
     usage: _common_pb2.Usage
     timing: _common_pb2.Timing
     input_tokens: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, embeddings: _Optional[bytes] = ..., dimension: _Optional[int] = ..., count: _Optional[int] = ..., model: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., timing: _Optional[_Union[_common_pb2.Timing, _Mapping]] = ..., input_tokens: _Optional[_Iterable[int]] = ...) -> None: ...
+    fingerprint: str
+    def __init__(self, embeddings: _Optional[bytes] = ..., dimension: _Optional[int] = ..., count: _Optional[int] = ..., model: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., timing: _Optional[_Union[_common_pb2.Timing, _Mapping]] = ..., input_tokens: _Optional[_Iterable[int]] = ..., fingerprint: _Optional[str] = ...) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from torchgate.v1 import common_pb2 as torchgate_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctorchgate/v1/reranking.proto\x12\x0ctorchgate.v1\x1a\x19torchgate/v1/common.proto\"\x99\x01\n\rRerankRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x11\n\tdocuments\x18\x02 \x03(\t\x12\r\n\x05top_n\x18\x03 \x01(\r\x12\x18\n\x10return_documents\x18\x04 \x01(\x08\x12\x12\n\nraw_scores\x18\x05 \x01(\x08\x12\r\n\x05model\x18\x06 \x01(\t\x12\x1a\n\x12max_tokens_per_doc\x18\x07 \x01(\r\">\n\x0cRerankResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x10\n\x08\x64ocument\x18\x03 \x01(\t\"\x96\x01\n\x0eRerankResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.torchgate.v1.RerankResult\x12\r\n\x05model\x18\x02 \x01(\t\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.torchgate.v1.Usage\x12$\n\x06timing\x18\x04 \x01(\x0b\x32\x14.torchgate.v1.Timing2\x93\x01\n\x10RerankingService\x12\x43\n\x06Rerank\x12\x1b.torchgate.v1.RerankRequest\x1a\x1c.torchgate.v1.RerankResponse\x12:\n\x04Info\x12\x19.torchgate.v1.InfoRequest\x1a\x17.torchgate.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctorchgate/v1/reranking.proto\x12\x0ctorchgate.v1\x1a\x19torchgate/v1/common.proto\"\x99\x01\n\rRerankRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x11\n\tdocuments\x18\x02 \x03(\t\x12\r\n\x05top_n\x18\x03 \x01(\r\x12\x18\n\x10return_documents\x18\x04 \x01(\x08\x12\x12\n\nraw_scores\x18\x05 \x01(\x08\x12\r\n\x05model\x18\x06 \x01(\t\x12\x1a\n\x12max_tokens_per_doc\x18\x07 \x01(\r\"Q\n\x0cRerankResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x10\n\x08\x64ocument\x18\x03 \x01(\t\x12\x11\n\traw_score\x18\x04 \x01(\x02\"\xc1\x01\n\x0eRerankResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.torchgate.v1.RerankResult\x12\r\n\x05model\x18\x02 \x01(\t\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.torchgate.v1.Usage\x12$\n\x06timing\x18\x04 \x01(\x0b\x32\x14.torchgate.v1.Timing\x12\x14\n\x0cinput_tokens\x18\x05 \x03(\r\x12\x13\n\x0b\x66ingerprint\x18\x06 \x01(\t2\x93\x01\n\x10RerankingService\x12\x43\n\x06Rerank\x12\x1b.torchgate.v1.RerankRequest\x1a\x1c.torchgate.v1.RerankResponse\x12:\n\x04Info\x12\x19.torchgate.v1.InfoRequest\x1a\x17.torchgate.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,9 +35,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RERANKREQUEST']._serialized_start=74
   _globals['_RERANKREQUEST']._serialized_end=227
   _globals['_RERANKRESULT']._serialized_start=229
-  _globals['_RERANKRESULT']._serialized_end=291
-  _globals['_RERANKRESPONSE']._serialized_start=294
-  _globals['_RERANKRESPONSE']._serialized_end=444
-  _globals['_RERANKINGSERVICE']._serialized_start=447
-  _globals['_RERANKINGSERVICE']._serialized_end=594
+  _globals['_RERANKRESULT']._serialized_end=310
+  _globals['_RERANKRESPONSE']._serialized_start=313
+  _globals['_RERANKRESPONSE']._serialized_end=506
+  _globals['_RERANKINGSERVICE']._serialized_start=509
+  _globals['_RERANKINGSERVICE']._serialized_end=656
 # @@protoc_insertion_point(module_scope)

@@ -50,9 +50,9 @@ async def test_concurrent_requests_share_one_call_and_each_gets_its_own_vectors(
 
 async def test_only_requests_asking_the_same_merge_and_never_past_the_workers_item_limit(fake_embedding_worker):
     """The fake worker takes 16 items per request: five requests of 4 texts need two calls, and the request
-    asking for 3 dimensions a third."""
+    asking for 3 dimensions a third (without the cache, which asks every worker for whole vectors)."""
     batches = [[f"word{request} {i}" for i in range(4)] for request in range(5)]
-    async with gateway_client(f"127.0.0.1:{fake_embedding_worker.port}") as client:
+    async with gateway_client(f"127.0.0.1:{fake_embedding_worker.port}", cache=False) as client:
         before = await upstream_calls(client, "OK")
         replies = await asyncio.gather(
             *(client.post("/v1/embeddings", json={"input": texts}) for texts in batches),
@@ -118,10 +118,12 @@ async def test_classifications_merge_and_split_alike(fake_classifier_worker):
     async with gateway_client(unused_address(), classifier=f"127.0.0.1:{fake_classifier_worker.port}") as client:
         alone = [(await client.post("/v1/classify", json={"text": text})).json() for text in texts]
         before = await upstream_calls(client, "OK")
-        together = await asyncio.gather(*(client.post("/v1/classify", json={"text": text}) for text in texts))
+        together = await asyncio.gather(*(client.post("/v1/classify", json={"text": text},
+                                                      headers={"Cache-Control": "no-cache"}) for text in texts))
         calls = await upstream_calls(client, "OK") - before
     assert calls == 1
     assert [reply.json() for reply in together] == alone
+    assert {reply.headers["X-Torchgate-Cache"] for reply in together} == {"hits=0 misses=1"}
 
 
 class RequestIds(logging.Handler):

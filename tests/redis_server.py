@@ -1,0 +1,57 @@
+"""A real redis-server (Debian's package) on a free loopback port, started as a user would start it."""
+
+import shutil
+import subprocess
+import time
+from contextlib import contextmanager
+
+import pytest
+import redis
+
+from tests.network import released_port
+
+
+class RedisServer:
+    def __init__(self, password: str = ""):
+        self.password = password
+        self.port = released_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{':' + self.password + '@' if self.password else ''}127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, socket_timeout=5)
+
+    def start(self) -> None:
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                   "--appendonly", "no"] + (["--requirepass", self.password] if self.password else [])
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.client().ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                time.sleep(0.02)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+@contextmanager
+def redis_server(password: str = ""):
+    """A running redis-server, killed at the end; skips the test where Debian's redis-server is missing."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server; make test installs it)")
+    server = RedisServer(password)
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.process.poll() is None:
+            server.kill()
