@@ -6,6 +6,8 @@ import os
 import tempfile
 from contextlib import asynccontextmanager
 
+import jwt
+import yaml
 from fastapi import Depends, FastAPI
 from fastapi.security import HTTPBearer
 
@@ -18,7 +20,8 @@ from gateway.metrics import MULTIPROCESS_DIR, forget_this_process
 from gateway.middleware import EdgeMiddleware
 from gateway.redis_client import SharedRedis
 from gateway.registry import ModelPools, pool_name, pool_targets
-from gateway.routes import classify, cohere, embeddings, gpu, health, models, rerank
+from gateway.routes import classify, cohere, embeddings, gpu, health, models, rerank, usage
+from gateway.tenants import Directory, Limiter, TenantGate
 from gateway.upstream import Upstream
 from torchgate import __version__
 from torchgate.logs import configure_logging
@@ -54,7 +57,8 @@ UPSTREAMS = {
 
 
 # Routers behind the API key (health and metrics stay open for probes and scrapers).
-API_ROUTERS = (embeddings.router, rerank.router, cohere.router, classify.router, gpu.router, models.router)
+API_ROUTERS = (embeddings.router, rerank.router, cohere.router, classify.router, gpu.router, models.router,
+               usage.router)
 # Probes and scrapers: neither traced nor access-logged (they would drown the requests that matter).
 PROBE_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})
 # Paths the API key never guards: probes, scrapers and the API's own documentation.
@@ -66,6 +70,20 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+def tenant_gate(settings: GatewaySettings, redis: SharedRedis | None) -> TenantGate:
+    """Tenants from the file, else one unlimited tenant holding API_KEYS, else everyone anonymous; a tenants
+    file that does not load stops the start (with the reason), since serving without it would be open."""
+    limiter = Limiter(redis, settings.limits_fail_open)
+    if settings.tenants_file:
+        try:
+            return TenantGate(Directory.from_file(settings.tenants_file), limiter, settings.tenants_file)
+        except (OSError, ValueError, yaml.YAMLError, jwt.PyJWKSetError) as error:
+            raise SystemExit(f"TORCHGATE_GATEWAY_TENANTS_FILE {settings.tenants_file}: "
+                             f"{str(error).replace(chr(10), '; ')[:1000]}") from None
+    keys = [key.strip() for key in settings.api_keys.split(",") if key.strip()]
+    return TenantGate(Directory.from_api_keys(keys) if keys else None, limiter)
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -94,16 +112,18 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 app.state.pools[task] = ModelPools(task, pools)
         for client in app.state.upstreams.values():
             client.start()
-        app.state.redis = SharedRedis(settings.cache_url, settings.redis_timeout_s) if settings.cache_url else None
         if settings.cache:
-            app.state.cache = ResponseCache(settings.cache_bytes, app.state.redis, settings.cache_ttl_s)
+            app.state.cache = ResponseCache(settings.cache_bytes, redis_clients.get(settings.cache_url),
+                                            settings.cache_ttl_s)
+        tenants.start()
         log.info("gateway ready", extra={"upstreams": {name: client.settings.addresses
                                                        for name, client in app.state.upstreams.items()}})
         yield
         if app.state.cache is not None:
             await app.state.cache.close()
-        if app.state.redis is not None:
-            await app.state.redis.close()
+        await tenants.close()
+        for client in redis_clients.values():
+            await client.close()
         for client in app.state.upstreams.values():
             await client.close()
         forget_this_process()
@@ -112,18 +132,21 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                   description="Embeddings, reranking and intent classification over a gRPC mesh of model workers.")
     app.state.settings = settings
     app.state.cache = None
-    api_keys = tuple(key.strip().encode() for key in settings.api_keys.split(",") if key.strip())
-    if not api_keys and not _is_loopback(settings.host):
+    # One client per Redis URL: the cache and the limits share one when they name the same server.
+    redis_clients = {url: SharedRedis(url, settings.redis_timeout_s)
+                     for url in dict.fromkeys((settings.cache_url, settings.limits_url or settings.cache_url)) if url}
+    tenants = app.state.tenants = tenant_gate(settings, redis_clients.get(settings.limits_url or settings.cache_url))
+    if not tenants.required and not _is_loopback(settings.host):
         log.warning("API keys are off and the gateway listens on %s: anyone who reaches it can use it; "
-                    "set TORCHGATE_GATEWAY_API_KEYS", settings.host)
+                    "set TORCHGATE_GATEWAY_TENANTS_FILE or TORCHGATE_GATEWAY_API_KEYS", settings.host)
     install_error_handlers(app)
-    # The key is checked by the edge middleware before the body is read; the dependency only documents it.
-    documented_key = [Depends(HTTPBearer(auto_error=False))] if api_keys else []
+    # The credential is checked by the edge middleware before the body is read; the dependency only documents it.
+    documented_key = [Depends(HTTPBearer(auto_error=False))] if tenants.required else []
     for router in API_ROUTERS:
         app.include_router(router, dependencies=documented_key)
     app.include_router(health.router)
     routes = frozenset(route.path for router in (*API_ROUTERS, health.router) for route in router.routes)
-    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes, routes=routes, api_keys=api_keys,
+    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes, routes=routes, tenants=tenants,
                        open_paths=OPEN_PATHS, quiet_paths=PROBE_PATHS, json_routes=json_routes(API_ROUTERS))
     static_openapi = app.openapi
 

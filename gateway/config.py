@@ -53,6 +53,11 @@ class GatewaySettings(BaseSettings):
     api_keys: str = Field(
         "", description="Comma-separated API keys; when set, /v1 and /api need `Authorization: Bearer <key>`."
     )
+    tenants_file: str = Field("", description="YAML file of tenants (API key digests, JWT issuer, limits); "
+                                              "reloaded on SIGHUP or when it changes. Replaces API_KEYS.")
+    limits_url: str = Field("", description="Redis for the tenants' limits and usage when it is not CACHE_URL's.")
+    limits_fail_open: bool = Field(True, description="Redis down: true keeps limiting per gateway process; false "
+                                                     "answers 503 until it is back.")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Larger request bodies get 413.")
     header_timeout_s: float = Field(10.0, gt=0, description="A connection whose request head (request line and "
                                                             "headers) has not arrived this long after its first "
@@ -63,7 +68,7 @@ class GatewaySettings(BaseSettings):
     cache_url: str = Field("", description="redis:// or rediss://[user:password@]host:port/db: a cache tier shared "
                                            "by every gateway process and replica (and their rate limits).")
     cache_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="How long an entry lives in Redis.")
-    redis_timeout_s: float = Field(0.05, gt=0, description="Deadline of one Redis operation; a request slowed past "
+    redis_timeout_s: float = Field(0.25, gt=0, description="Deadline of one Redis operation; a request slowed past "
                                                            "it goes on without Redis.")
     health_timeout_s: float = Field(1.0, gt=0, description="Deadline of each upstream health probe in /health/ready.")
     log_level: str = Field("INFO", validation_alias=AliasChoices("TORCHGATE_LOG_LEVEL", "log_level"))

@@ -38,7 +38,18 @@ def model_pool(request: Request, task: str, model: str | None) -> Upstream:
     pools: ModelPools | None = request.app.state.pools.get(task)
     if pools is None:
         raise ApiError(503, "upstream_unavailable", f"the {task} service is not configured on this gateway", task)
-    return pools.route(model)
+    pool = pools.route(model)
+    tenant = request.scope.get("state", {}).get("tenant")
+    if tenant is not None and not tenant.may_use(pool.limits.names() if pool.limits else set()):
+        raise ApiError(403, "permission_denied", f"tenant {tenant.name!r} may not use the {task} model "
+                                                 f"{pool.limits.model_id if pool.limits else pool.name!r}")
+    return pool
+
+
+def account(request: Request, model: str, tokens: int) -> None:
+    """What the request used, for its tenant's usage and the audit line (gateway/middleware.py)."""
+    request.state.model = model
+    request.state.tokens = tokens
 
 
 def request_timeout(request: Request, client: Upstream, body_timeout: float | None = None) -> float:

@@ -22,16 +22,17 @@ class ApiError(Exception):
     """An error the client may see: HTTP status, error type, message, optional Retry-After."""
 
     def __init__(self, status: int, type_: str, message: str, upstream: str | None = None,
-                 retry_after: float | None = None):
+                 retry_after: float | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.type, self.message, self.upstream = status, type_, message, upstream
         self.retry_after = retry_after
+        self.headers = headers or {}
 
     def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
         body = {"type": self.type, "message": self.message[:MAX_MESSAGE_CHARS]}
         if self.upstream:
             body["upstream"] = self.upstream
-        headers = dict(headers or {})
+        headers = {**self.headers, **(headers or {})}
         if self.retry_after:
             headers["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
         return JSONResponse({"error": body}, status_code=self.status, headers=headers or None)

@@ -28,16 +28,17 @@ class JsonRoute:
     body: type[BaseModel]
     endpoint: Callable[[BaseModel, Request], Awaitable[Response]]
 
-    async def __call__(self, scope, body: bytes, receive, send) -> None:
+    async def __call__(self, scope, document: dict, receive, send) -> None:
         request = Request(scope, receive)
         try:
-            response = await self.endpoint(self.parse(body), request)
+            response = await self.endpoint(self.validate(document), request)
         except Exception as error:
             response = error_response(request, error)
         await response(scope, receive, send)
 
-    def parse(self, body: bytes) -> BaseModel:
-        """The body as the route's model, or the 422 that says what to fix."""
+    @staticmethod
+    def load(body: bytes) -> dict:
+        """The body as a JSON object, or the 422 that says what to fix."""
         if not body:
             raise ApiError(422, "invalid_request_error", "body: empty; send a JSON object")
         try:
@@ -48,10 +49,30 @@ class JsonRoute:
             raise ApiError(422, "invalid_request_error", "body: JSON nested too deeply") from None
         if not isinstance(document, dict):
             raise ApiError(422, "invalid_request_error", "body: send a JSON object")
+        return document
+
+    def validate(self, document: dict) -> BaseModel:
+        """The document as the route's model, or the 422 that says what to fix."""
         try:
             return self.body.model_validate(document)
         except ValidationError as error:
             raise invalid_body(error.errors()) from None
+
+
+INPUT_FIELDS = ("input", "inputs", "texts", "documents", "text")
+
+
+def count_inputs(document: dict) -> int:
+    """How many inputs (texts, documents, token-id lists) a body carries, read before it is validated: what a
+    tenant's inputs bucket is charged. A list of numbers is one token-id input."""
+    for name in INPUT_FIELDS:
+        value = document.get(name)
+        if value is None:
+            continue
+        if isinstance(value, list):
+            return len(value) if value and not isinstance(value[0], int | float) else 1
+        return 1
+    return 0
 
 
 def json_routes(routers: Iterable[APIRouter]) -> dict[str, JsonRoute]:

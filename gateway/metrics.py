@@ -34,6 +34,16 @@ CACHE_BYTES = Gauge("torchgate_gateway_cache_bytes", "Bytes held by the in-memor
 REDIS_ERRORS = Counter("torchgate_gateway_redis_errors_total", "Redis operations that failed or timed out",
                        ["operation"])
 
+TENANT_REQUESTS = Counter("torchgate_gateway_tenant_requests_total", "Requests by tenant, route, serving model and "
+                          "status", ["tenant", "route", "model", "status"])
+TENANT_INPUTS = Counter("torchgate_gateway_tenant_inputs_total", "Inputs (texts, documents) by tenant",
+                        ["tenant", "route", "model"])
+TENANT_TOKENS = Counter("torchgate_gateway_tenant_tokens_total", "Tokens the models saw, by tenant",
+                        ["tenant", "route", "model"])
+TENANT_REFUSALS = Counter("torchgate_gateway_tenant_refusals_total", "Requests refused with 429 by a tenant's "
+                          "limit (requests, inputs, concurrency, daily_tokens, pool_share)",
+                          ["tenant", "route", "limit"])
+
 
 def exposition() -> bytes:
     """The text exposition of this process, or of every gateway process in multiprocess mode."""

@@ -2,22 +2,27 @@
 
 Every request gets an id first: the client's X-Request-ID when it is plain and short, else a fresh one; it is
 returned on every response, sent to the worker and named in every log line about the request. In order:
-header size (431), API key (401, before a byte of the body is read), body size counted as the
-bytes arrive, chunked uploads included (413, memory bounded by the cap), content type (415). The route (a
-POST route runs here, see gateway/json_routes.py; the rest through FastAPI) then runs while the middleware
-listens for the client going away: a disconnect cancels the route, and with it the gRPC call, so the worker
-drops that request's queued work. Request metrics and the access log line are written here.
+header size (431), the caller's tenant (401/403, gateway/tenants.py, before a byte of the body is read), body
+size counted as the bytes arrive, chunked uploads included (413, memory bounded by the cap), content type
+(415), JSON, then the tenant's limits charged with the body's input count (429, before any upstream call).
+The route (a POST route runs here, see gateway/json_routes.py; the rest through FastAPI) then runs while the
+middleware listens for the client going away: a disconnect cancels the route, and with it the gRPC call, so
+the worker drops that request's queued work. Request metrics, the tenant's usage and the access log line (the
+audit record: tenant, route, model, inputs, tokens, status, duration, request id, client; never a text or a
+credential) are written here.
 """
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import time
 
+from opentelemetry import trace
+
 from gateway.errors import ApiError
-from gateway.json_routes import JsonRoute
+from gateway.json_routes import JsonRoute, count_inputs
 from gateway.metrics import HTTP_REQUESTS, HTTP_SECONDS
+from gateway.tenants import Admission, Tenant, TenantGate, current_tenant
 from torchgate.telemetry import REQUEST_ID_HEADER, accepted_request_id, request_id
 
 access_log = logging.getLogger("torchgate.access")
@@ -35,7 +40,7 @@ def _is_json(content_type: bytes) -> bool:
 
 
 class EdgeMiddleware:
-    def __init__(self, app, max_body_bytes: int, routes: frozenset[str], api_keys: tuple[bytes, ...],
+    def __init__(self, app, max_body_bytes: int, routes: frozenset[str], tenants: TenantGate,
                  open_paths: frozenset[str], json_routes: dict[str, JsonRoute],
                  quiet_paths: frozenset[str] = frozenset()):
         self.app = app
@@ -43,7 +48,7 @@ class EdgeMiddleware:
         self.quiet_paths = quiet_paths
         self.max_body_bytes = max_body_bytes
         self.routes = routes
-        self.api_keys = api_keys
+        self.tenants = tenants
         self.open_paths = open_paths
 
     async def __call__(self, scope, receive, send):
@@ -64,23 +69,47 @@ class EdgeMiddleware:
                 response_done.set()
             await send(message)
 
+        route = scope["path"] if scope["path"] in self.routes else "other"
+        state = scope.setdefault("state", {})
+        tenant: Tenant | None = None
+        admission: Admission | None = None
+        inputs = 0
         refusal = self._refusal(scope)
-        if refusal is None:
-            body = await self._read_body(scope, receive)
+        try:
+            if refusal is None and scope["path"] not in self.open_paths:
+                tenant = await self.tenants.authenticate(scope["headers"])
+                state["tenant"] = tenant
+            body = await self._read_body(scope, receive) if refusal is None else None
             if isinstance(body, ApiError):
                 refusal = body
             elif body is not None:
-                await self._serve(scope, body, receive, send_observed, response_done)
+                json_route = self.json_routes.get(scope["path"]) if scope["method"] == "POST" else None
+                document = json_route.load(body) if json_route else None
+                inputs = count_inputs(document) if document is not None else 0
+                if tenant is not None:
+                    admission = await self.tenants.limiter.admit(tenant, inputs, route)
+                await self._serve(scope, body, document, json_route, receive, send_observed, response_done, tenant,
+                                  admission)
+        except ApiError as error:
+            refusal = error
+        finally:
+            if admission is not None:
+                admission.release()
         if refusal is not None:
             await refusal.response()(scope, receive, send_observed)
-        route = scope["path"] if scope["path"] in self.routes else "other"
         elapsed = time.perf_counter() - started
         HTTP_REQUESTS.labels(route, str(status[0])).inc()
         HTTP_SECONDS.labels(route).observe(elapsed)
+        model, tokens = state.get("model", ""), state.get("tokens", 0)
+        if tenant is not None:
+            self.tenants.record(tenant, route, model, inputs, tokens, status[0])
         if scope["path"] not in self.quiet_paths:
+            client = scope.get("client") or ("", 0)
             access_log.info("%s %s -> %d in %.1f ms", scope["method"], route, status[0], elapsed * 1000,
                             extra={"method": scope["method"], "route": route, "status": status[0],
-                                   "duration_ms": round(elapsed * 1000, 2)})
+                                   "duration_ms": round(elapsed * 1000, 2), "tenant": tenant.name if tenant else None,
+                                   "model": model or None, "inputs": inputs, "tokens": tokens,
+                                   "client": client[0]})
 
     def _refusal(self, scope) -> ApiError | None:
         """What can be refused from the request line and headers alone."""
@@ -88,8 +117,6 @@ class EdgeMiddleware:
         if sum(len(name) + len(value) for name, value in headers) > MAX_HEADER_BYTES:
             return ApiError(431, "request_header_fields_too_large",
                             f"the request headers exceed {MAX_HEADER_BYTES} bytes")
-        if self.api_keys and scope["path"] not in self.open_paths and not self._authorized(headers):
-            return ApiError(401, "authentication_error", "missing or invalid API key: send Authorization: Bearer <key>")
         if scope["method"] in _BODY_METHODS:
             fields = dict(headers)
             length = fields.get(b"content-length")
@@ -100,11 +127,6 @@ class EdgeMiddleware:
             if content_type is not None and not _is_json(content_type):
                 return ApiError(415, "unsupported_media_type", "send the body as JSON: Content-Type: application/json")
         return None
-
-    def _authorized(self, headers) -> bool:
-        value = next((value for name, value in headers if name == b"authorization"), b"")
-        scheme, _, token = value.partition(b" ")
-        return scheme.lower() == b"bearer" and any(hmac.compare_digest(token, key) for key in self.api_keys)
 
     async def _read_body(self, scope, receive) -> bytes | ApiError | None:
         """The whole body, or 413 as soon as it passes the cap, or None when the client left."""
@@ -121,8 +143,14 @@ class EdgeMiddleware:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    async def _serve(self, scope, body: bytes, receive, send, response_done: asyncio.Event) -> None:
+    async def _serve(self, scope, body: bytes, document: dict | None, json_route: JsonRoute | None, receive, send,
+                     response_done: asyncio.Event, tenant: Tenant | None, admission: Admission | None) -> None:
         """Run the route on the buffered body; cancel it if the client disconnects before the answer."""
+        if admission is not None and admission.headers:
+            send = _with_headers(send, admission.headers)
+        if tenant is not None:
+            current_tenant.set(tenant.name)
+            trace.get_current_span().set_attribute("torchgate.tenant", tenant.name)
         client_left = asyncio.Event()
         delivered = False
 
@@ -134,8 +162,7 @@ class EdgeMiddleware:
             await client_left.wait()
             return {"type": "http.disconnect"}
 
-        json_route = self.json_routes.get(scope["path"]) if scope["method"] == "POST" else None
-        route = asyncio.ensure_future(json_route(scope, body, replay, send) if json_route
+        route = asyncio.ensure_future(json_route(scope, document, replay, send) if json_route
                                       else self.app(scope, replay, send))
 
         async def watch():
@@ -153,3 +180,15 @@ class EdgeMiddleware:
                 raise asyncio.CancelledError
         finally:
             watcher.cancel()
+
+
+def _with_headers(send, headers: dict[str, str]):
+    """`send` with `headers` added to the response's start."""
+    encoded = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+
+    async def sending(message):
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *encoded]}
+        await send(message)
+
+    return sending

@@ -15,6 +15,7 @@ import pybreaker
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.maint_notifications import MaintNotificationsConfig
 
 from gateway.metrics import REDIS_ERRORS
 
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+MAX_CONNECTIONS = 32
 BREAKER_FAIL_MAX = 3
 BREAKER_RESET_S = 2.0
 
@@ -38,8 +40,14 @@ class SharedRedis:
     """`run(operation, call)`: call(client) under the deadline and the breaker; None when Redis cannot answer."""
 
     def __init__(self, url: str, timeout_s: float):
-        self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                           retry=Retry(NoBackoff(), 0), health_check_interval=30)
+        # A bounded pool: a burst of requests shares MAX_CONNECTIONS connections (waiting within the deadline)
+        # rather than opening one each; connections skip the handshake extras (client name, maintenance events).
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=MAX_CONNECTIONS, timeout=timeout_s, socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0), health_check_interval=30,
+            lib_name=None, lib_version=None)
+        self.client = redis.Redis(connection_pool=pool,
+                                  maint_notifications_config=MaintNotificationsConfig(enabled=False))
         self.timeout_s = timeout_s
         self.breaker = pybreaker.CircuitBreaker(fail_max=BREAKER_FAIL_MAX, reset_timeout=BREAKER_RESET_S,
                                                 listeners=[_Announcer()], name="redis",
@@ -54,7 +62,7 @@ class SharedRedis:
             return None
         except (redis.RedisError, OSError, TimeoutError) as error:
             REDIS_ERRORS.labels(operation).inc()
-            log.debug("redis %s failed: %s", operation, type(error).__name__)
+            log.debug("redis %s failed: %s %s", operation, type(error).__name__, error)
             return None
 
     async def close(self) -> None:

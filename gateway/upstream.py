@@ -20,7 +20,8 @@ from gateway.config import UpstreamSettings
 from gateway.contract import Limits
 from gateway.errors import ApiError, error_from_grpc
 from gateway.merging import CallMerger, Mergeable
-from gateway.metrics import BREAKER_STATE, UPSTREAM_CALLS
+from gateway.metrics import BREAKER_STATE, TENANT_REFUSALS, UPSTREAM_CALLS
+from gateway.tenants import current_tenant
 from torchgate.telemetry import REQUEST_ID_HEADER, request_id
 from torchgate.v1 import common_pb2
 
@@ -160,6 +161,7 @@ class Upstream:
             listeners=[self.monitor], throw_new_error_on_trip=False, name=name,
         )
         self.in_flight = 0
+        self._by_tenant: dict[str | None, int] = {}
         self._trial_in_flight = False
         self._merger = CallMerger(self._send, settings.merge_requests)
         self.limits: Limits | None = None
@@ -259,7 +261,10 @@ class Upstream:
         if self.in_flight >= self.settings.max_concurrency:
             raise ApiError(429, "overloaded", f"too many concurrent requests for the {self.name} service; retry later",
                            self.name, 1)
+        tenant = current_tenant.get()
+        self._check_share(tenant)
         self.in_flight += 1
+        self._by_tenant[tenant] = self._by_tenant.get(tenant, 0) + 1
         timeout = timeout or self.settings.timeout_s
         try:
             if merge is not None and self.limits is not None and self.settings.merge_requests > 1:
@@ -268,6 +273,20 @@ class Upstream:
             return await self._send(method, request, timeout, (request_id.get(),))
         finally:
             self.in_flight -= 1
+            self._by_tenant[tenant] -= 1
+            if not self._by_tenant[tenant]:
+                del self._by_tenant[tenant]
+
+    def _check_share(self, tenant: str | None) -> None:
+        """Once the pool is half busy, a tenant holds at most an equal share of MAX_CONCURRENCY among the tenants
+        with requests in it: one tenant's flood leaves room for the others' requests."""
+        if tenant is None or self.in_flight < self.settings.max_concurrency // 2:
+            return
+        share = max(1, self.settings.max_concurrency // len(self._by_tenant.keys() | {tenant}))
+        if self._by_tenant.get(tenant, 0) >= share:
+            TENANT_REFUSALS.labels(tenant, self.name, "pool_share").inc()
+            raise ApiError(429, "overloaded", f"the {self.name} service is busy and this tenant holds its share of "
+                                              f"it ({share} requests); retry later", self.name, 1)
 
     async def _send(self, method: str, request, timeout: float, request_ids: tuple[str, ...]):
         """One RPC through the breaker, on behalf of the requests named by `request_ids`."""

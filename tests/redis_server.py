@@ -25,18 +25,27 @@ class RedisServer:
         return redis.Redis.from_url(self.url, socket_timeout=5)
 
     def start(self) -> None:
+        """Start on this server's port; a port taken meanwhile (released_port can race) is traded for another."""
+        for _ in range(5):
+            if self._started():
+                return
+            self.port = released_port()
+        raise RuntimeError("redis-server did not start")
+
+    def _started(self) -> bool:
         command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                    "--appendonly", "no"] + (["--requirepass", self.password] if self.password else [])
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
-        while True:
+        while self.process.poll() is None and time.monotonic() < deadline:
             try:
-                self.client().ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                if self.client().info("server")["process_id"] == self.process.pid:
+                    return True
+            except redis.RedisError:
                 time.sleep(0.02)
+        if self.process.poll() is None:
+            self.kill()
+        return False
 
     def kill(self) -> None:
         self.process.kill()

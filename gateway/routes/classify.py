@@ -8,7 +8,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from gateway.cache import CacheOutcome, Computed
 from gateway.contract import RequestBody, enforce_texts, json_int, text_type, texts_type
-from gateway.dependencies import ModelRequest, model_pool, request_timeout, response_cache
+from gateway.dependencies import ModelRequest, account, model_pool, request_timeout, response_cache
 from gateway.errors import MODEL_ROUTE_ERRORS, ApiError
 from gateway.merging import Mergeable
 from gateway.responses import JSONResponse
@@ -80,7 +80,9 @@ async def _classify(request: Request, texts: list[str], field: str, top_k: int =
 
     cache = response_cache(request, client, "classifier", (top_k, force_intent))
     if cache is None:
-        return await call(texts), CacheOutcome(0, len(texts))
+        reply = await call(texts)
+        account(request, reply.model, reply.usage.total_tokens)
+        return reply, CacheOutcome(0, len(texts))
 
     async def compute(indices: list[int], timeout: float) -> Computed:
         reply = await call([texts[i] for i in indices], timeout)
@@ -93,6 +95,7 @@ async def _classify(request: Request, texts: list[str], field: str, top_k: int =
     values, outcome = await cache.resolve([text.encode() for text in texts], compute, deadline,
                                           valid=_is_classification)
     tokens = sum(TOKENS.unpack_from(value)[0] for value in values)
+    account(request, cache.scope.model_id, tokens)
     return classifier_pb2.ClassifyResponse(
         results=[classifier_pb2.Classification.FromString(value[TOKENS.size:]) for value in values],
         model=cache.scope.model_id, usage=common_pb2.Usage(prompt_tokens=tokens, total_tokens=tokens)), outcome

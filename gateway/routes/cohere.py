@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 from pydantic import Field
 
 from gateway.contract import LIMIT_KEY, UINT32_MAX, json_int, text_type, texts_type
-from gateway.dependencies import ModelRequest, model_pool
+from gateway.dependencies import ModelRequest, account, model_pool
 from gateway.errors import MODEL_ROUTE_ERRORS
 from gateway.quantize import EMBEDDING_TYPES, by_type
 from gateway.responses import JSONResponse
@@ -50,6 +50,7 @@ async def cohere_embed(body: CohereEmbedRequest, request: Request):
     embedded = await embed(request, client, body.texts, model=body.model, truncate=body.truncate == "END",
                            dimensions=body.output_dimension, timeout=body.timeout, input_type=body.input_type,
                            field="texts")
+    account(request, embedded.model, embedded.tokens)
     return JSONResponse({
         "id": str(uuid.uuid4()),
         "response_type": "embeddings_by_type",
@@ -64,6 +65,7 @@ async def cohere_rerank(body: CohereRerankRequest, request: Request):
     client = model_pool(request, "reranking", body.model)
     ranked = await rank(request, client, body.query, body.documents, model=body.model, top_n=body.top_n,
                         max_tokens_per_doc=body.max_tokens_per_doc, timeout=body.timeout)
+    account(request, ranked.model, ranked.tokens)
     return JSONResponse({
         "id": str(uuid.uuid4()),
         "results": [{"index": index, "relevance_score": score} for index, score in ranked.results],

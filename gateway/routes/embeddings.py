@@ -20,7 +20,7 @@ from gateway.contract import (
     one_or_many_texts,
     texts_or_token_ids,
 )
-from gateway.dependencies import ModelRequest, model_pool, request_timeout, response_cache
+from gateway.dependencies import ModelRequest, account, model_pool, request_timeout, response_cache
 from gateway.errors import MODEL_ROUTE_ERRORS, ApiError
 from gateway.merging import Mergeable
 from gateway.responses import JSONResponse
@@ -132,6 +132,7 @@ async def create_embeddings(body: EmbeddingsRequest, request: Request):
     client = model_pool(request, "embedding", body.model)
     embedded = await embed(request, client, body.input, model=body.model, truncate=body.truncate,
                            dimensions=body.dimensions, timeout=body.timeout, prompt_name=body.prompt_name or "")
+    account(request, embedded.model, embedded.tokens)
     return JSONResponse({
         "object": "list",
         "data": _vectors(embedded.vectors, body.encoding_format),

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from gateway.cache import CacheOutcome, Computed
 from gateway.contract import LIMIT_KEY, UINT32_MAX, RequestBody, enforce_texts, json_int, text_type
-from gateway.dependencies import ModelRequest, model_pool, request_timeout, response_cache
+from gateway.dependencies import ModelRequest, account, model_pool, request_timeout, response_cache
 from gateway.errors import MODEL_ROUTE_ERRORS
 from gateway.responses import JSONResponse
 from gateway.upstream import Upstream
@@ -88,6 +88,7 @@ async def rerank(body: RerankRequest, request: Request):
     documents = [doc if isinstance(doc, str) else doc.text for doc in body.documents]
     ranked = await rank(request, client, body.query, documents, model=body.model, top_n=body.top_n,
                         raw_scores=body.raw_scores, timeout=body.timeout)
+    account(request, ranked.model, ranked.tokens)
     return JSONResponse({
         "model": ranked.model,
         "results": [

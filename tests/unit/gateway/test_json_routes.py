@@ -64,7 +64,7 @@ async def _call(route: JsonRoute, body: bytes) -> tuple[int, dict]:
     async def send(message):
         sent.append(message)
 
-    await route(scope, body, receive, send)
+    await route(scope, JsonRoute.load(body), receive, send)
     return sent[0]["status"], orjson.loads(sent[1]["body"])
 
 
