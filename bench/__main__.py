@@ -9,7 +9,9 @@ client), as items/s with p50/p99 latency and the served ratios against both ceil
 worker chose, the gateway hop and every process's RSS. Then the cost of tracing: the first scenario's first
 load again on a mesh that exports every span to an OTLP/gRPC receiver in this process. Last, the cost of
 containers, where `make images` has built them: embed C=32 x 1 through the containerized mesh
-(`scripts/start.sh --compose`) between two runs of the same load on the local mesh.
+(`scripts/start.sh --compose`) between two runs of the same load on the local mesh. Then the edge
+(bench/edge.py): the response cache's gain and costs, and the tenants' cost. The serving loads send
+`Cache-Control: no-cache`: they repeat one corpus, which the cache would otherwise answer.
 """
 
 import argparse
@@ -133,17 +135,24 @@ def containers_cost(seconds: float, warmup: float) -> dict:
             "local_after": local_after, "containers": containers, "ratio": containers / local}
 
 
-def rest_load(mesh: Mesh, scenario, concurrency: int, per_call: int, seconds: float, warmup: float) -> dict:
-    bodies = Path(mesh.run_dir, f"bodies-{per_call}.jsonl")
-    bodies.write_bytes(b"\n".join(scenario.rest_bodies(build_corpus(), per_call)) + b"\n")
+# The serving loads repeat one corpus: past the warm-up every input would be a cache hit, so they skip the
+# cache (which still stores); the cache has loads of its own (bench/edge.py).
+NO_CACHE = ("Cache-Control: no-cache",)
+
+
+def rest_load(mesh: Mesh, scenario, concurrency: int, per_call: int, seconds: float, warmup: float,
+              bodies: list[bytes] | None = None, headers: tuple[str, ...] = NO_CACHE) -> dict:
+    path = Path(mesh.run_dir, f"bodies-{per_call}-{time.monotonic_ns()}.jsonl")
+    path.write_bytes(b"\n".join(bodies or scenario.rest_bodies(build_corpus(), per_call)) + b"\n")
     url = f"http://127.0.0.1:{mesh.ports['gateway']}"
 
     def wrk(duration: float) -> dict:
         return run_json(["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--timeout", "60s",
-                         "-s", str(ROOT / "bench/wrk.lua"), url, "--", str(bodies), scenario.rest_path],
+                         "-s", str(ROOT / "bench/wrk.lua"), url, "--", str(path), scenario.rest_path, *headers],
                         marker="WRK_JSON ")
 
-    wrk(warmup)
+    if warmup:
+        wrk(warmup)
     return wrk(seconds)
 
 
@@ -216,11 +225,15 @@ def main() -> None:
     busiest = max((row for row in rows if row["scenario"] == names[0]), key=lambda row: row["concurrency"])
     tracing = tracing_cost(busiest, args.seconds, args.warmup)
     containers = containers_cost(args.seconds, args.warmup) if "embed" in names else {"skipped": "no embed"}
+    from bench.edge import measure, print_edge  # the edge's loads reuse this module's mesh and wrk runner
 
+    edge = measure(args.seconds) if "embed" in names else {}
     report = {"machine": machine, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "seconds_per_load": args.seconds, "worker_dtypes": dtypes, "rows": rows, "rss_mb": rss,
-              "tracing": tracing, "containers": containers}
+              "tracing": tracing, "containers": containers, "edge": edge}
     print_table(report)
+    if edge:
+        print_edge(edge)
     out = ROOT / "bench/results" / f"{time.strftime('%Y%m%d-%H%M%S')}-{platform.node() or 'host'}.json"
     out.write_text(json.dumps(report, indent=2))
     print(f"\nreport: {out.relative_to(ROOT)}")

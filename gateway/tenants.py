@@ -103,13 +103,12 @@ class TenantsFile(BaseModel):
     jwt: JwtSpec | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Tenant:
-    """A caller the gateway knows, with its limits and what it holds now in this process."""
+    """A caller the gateway knows, with its limits."""
 
     name: str
     spec: TenantSpec
-    in_flight: int = 0
 
     def may_use(self, names: set[str]) -> bool:
         return "*" in self.spec.models or bool(names & set(self.spec.models))
@@ -213,12 +212,6 @@ class Directory:
     def from_api_keys(cls, keys: list[str]) -> "Directory":
         digests = [hashlib.sha256(key.encode()).hexdigest() for key in keys]
         return cls({API_KEYS_TENANT: TenantSpec(keys_sha256=digests)}, None, "TORCHGATE_GATEWAY_API_KEYS")
-
-    def carry_over(self, previous: "Directory") -> None:
-        """Keep the in-flight counts of tenants that stay (their requests release into this directory)."""
-        for name, tenant in self.tenants.items():
-            if name in previous.tenants:
-                tenant.in_flight = previous.tenants[name].in_flight
 
     async def authenticate(self, headers: list[tuple[bytes, bytes]]) -> Tenant:
         values = [value for name, value in headers if name == b"authorization"]
@@ -330,11 +323,12 @@ class LocalBuckets:
 class Admission:
     """A request let in: the RateLimit headers to answer with; release() when it is done."""
 
-    tenant: Tenant
+    limiter: "Limiter"
+    tenant: str
     headers: dict[str, str]
 
     def release(self) -> None:
-        self.tenant.in_flight -= 1
+        self.limiter.leave(self.tenant)
 
 
 def _policy_headers(buckets: list[Bucket], levels: list[tuple[int, float]]) -> dict[str, str]:
@@ -356,6 +350,13 @@ class Limiter:
         self.fail_open = fail_open
         self.local = LocalBuckets()
         self._quota_used: dict[str, int] = {}
+        # Requests in flight per tenant name in this process (by name: they outlive a reload of the file).
+        self.in_flight: dict[str, int] = {}
+
+    def leave(self, tenant: str) -> None:
+        self.in_flight[tenant] -= 1
+        if not self.in_flight[tenant]:
+            del self.in_flight[tenant]
 
     async def admit(self, tenant: Tenant, inputs: int, route: str) -> Admission:
         spec = tenant.spec
@@ -369,25 +370,30 @@ class Limiter:
                 raise ApiError(413, "request_too_large", f"the request has {inputs} inputs; this tenant may send at "
                                                          f"most {burst} at once: split the request")
             buckets.append(Bucket("inputs", spec.inputs_per_second, burst, inputs))
-        if spec.max_concurrency and tenant.in_flight >= spec.max_concurrency:
+        held = self.in_flight.get(tenant.name, 0)
+        if spec.max_concurrency and held >= spec.max_concurrency:
             raise self._refused(tenant, route, "concurrency", 1, {},
-                                f"tenant {tenant.name!r} has {tenant.in_flight} requests in flight, its limit")
-        if spec.daily_tokens:
-            used = await self.tokens_today(tenant.name)
-            if used >= spec.daily_tokens:
-                raise self._refused(tenant, route, "daily_tokens", _seconds_to_midnight(), {},
-                                    f"tenant {tenant.name!r} used its {spec.daily_tokens} tokens for today (UTC)")
-        headers = {}
-        if buckets:
-            allowed, levels = await self._take(tenant.name, buckets)
-            headers = _policy_headers(buckets, levels)
-            if not allowed:
-                waits = [wait for bucket, (_, wait) in zip(buckets, levels, strict=True)]
-                limit = buckets[waits.index(max(waits))].name
-                raise self._refused(tenant, route, limit, max(waits), headers,
-                                    f"tenant {tenant.name!r} is over its {limit} rate")
-        tenant.in_flight += 1
-        return Admission(tenant, headers)
+                                f"tenant {tenant.name!r} has {held} requests in flight, its limit")
+        self.in_flight[tenant.name] = held + 1  # held while the checks below wait on Redis
+        try:
+            if spec.daily_tokens:
+                used = await self.tokens_today(tenant.name)
+                if used >= spec.daily_tokens:
+                    raise self._refused(tenant, route, "daily_tokens", _seconds_to_midnight(), {},
+                                        f"tenant {tenant.name!r} used its {spec.daily_tokens} tokens for today (UTC)")
+            headers = {}
+            if buckets:
+                allowed, levels = await self._take(tenant.name, buckets)
+                headers = _policy_headers(buckets, levels)
+                if not allowed:
+                    waits = [wait for _, wait in levels]
+                    limit = buckets[waits.index(max(waits))].name
+                    raise self._refused(tenant, route, limit, max(waits), headers,
+                                        f"tenant {tenant.name!r} is over its {limit} rate")
+        except BaseException:
+            self.leave(tenant.name)
+            raise
+        return Admission(self, tenant.name, headers)
 
     @staticmethod
     def _refused(tenant: Tenant, route: str, limit: str, retry_after: float, headers: dict[str, str],
@@ -519,7 +525,6 @@ class TenantGate:
             log.error("tenants file %s not reloaded, the previous one stays: %s", self.path,
                       str(error).replace("\n", "; ")[:500])
             return
-        loaded.carry_over(self.directory)
         self.directory = loaded
         log.info("tenants file reloaded", extra={"tenants": len(loaded.tenants)})
 

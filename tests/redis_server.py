@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import redis
@@ -12,14 +13,17 @@ from tests.network import released_port
 
 
 class RedisServer:
-    def __init__(self, password: str = ""):
+    def __init__(self, password: str = "", certs: Path | None = None):
+        """`certs`: a folder of scripts/certs.sh's files; the server then speaks TLS only."""
         self.password = password
+        self.certs = certs
         self.port = released_port()
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://{':' + self.password + '@' if self.password else ''}127.0.0.1:{self.port}/0"
+        scheme, query = ("rediss", f"?ssl_ca_certs={self.certs / 'ca.crt'}") if self.certs else ("redis", "")
+        return f"{scheme}://{':' + self.password + '@' if self.password else ''}127.0.0.1:{self.port}/0{query}"
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url, socket_timeout=5)
@@ -35,6 +39,10 @@ class RedisServer:
     def _started(self) -> bool:
         command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                    "--appendonly", "no"] + (["--requirepass", self.password] if self.password else [])
+        if self.certs:
+            command[1:3] = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file",
+                            str(self.certs / "server.crt"), "--tls-key-file", str(self.certs / "server.key"),
+                            "--tls-ca-cert-file", str(self.certs / "ca.crt"), "--tls-auth-clients", "no"]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while self.process.poll() is None and time.monotonic() < deadline:
@@ -53,11 +61,11 @@ class RedisServer:
 
 
 @contextmanager
-def redis_server(password: str = ""):
+def redis_server(password: str = "", certs: Path | None = None):
     """A running redis-server, killed at the end; skips the test where Debian's redis-server is missing."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server; make test installs it)")
-    server = RedisServer(password)
+    server = RedisServer(password, certs)
     server.start()
     try:
         yield server

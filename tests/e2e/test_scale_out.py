@@ -93,9 +93,10 @@ async def until(condition, timeout: float, interval: float = 0.25) -> float:
 
 
 def embeds(url: str) -> bool:
+    """Whether a replica embeds (past the response cache, which could answer this repeated text itself)."""
     try:
         return httpx.post(f"{url}/v1/embeddings", json={"input": "are you back?"}, timeout=3,
-                          headers={"X-Request-Timeout": "2"}).status_code == 200
+                          headers={"X-Request-Timeout": "2", "Cache-Control": "no-cache"}).status_code == 200
     except httpx.TransportError:
         return False
 

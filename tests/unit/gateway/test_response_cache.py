@@ -4,6 +4,8 @@ concurrent misses computed once, the memory bound, and Redis shared, poisoned, k
 import asyncio
 import os
 import resource
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ from tests.unit.gateway.test_embeddings_api import normalized
 from tests.workers import serving, started
 
 NO_CACHE = {"Cache-Control": "no-cache"}
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def cache_header(reply) -> tuple[int, int]:
@@ -121,13 +124,15 @@ async def test_options_that_change_results_never_share_entries(fake_embedding_wo
 async def test_concurrent_identical_misses_compute_once_and_no_cache_neither_reads_nor_waits(fake_embedding_worker):
     adapter = fake_embedding_worker.servicer.adapter
     async with gateway_client(f"127.0.0.1:{fake_embedding_worker.port}") as client:
+        computing = client.app.state.cache._computing
         adapter.gate.clear()
         try:
             first = asyncio.create_task(client.post("/v1/embeddings", json={"input": ["same text"]}))
-            await asyncio.sleep(0.2)
+            await until(lambda: len(computing) == 1)
             followers = [asyncio.create_task(client.post("/v1/embeddings", json={"input": ["same text", "other"]}))
                          for _ in range(4)]
-            await asyncio.sleep(0.2)
+            await until(lambda: len(computing) == 2)
+            await asyncio.sleep(0.2)  # the other three followers find both inputs being computed
         finally:
             adapter.gate.set()
         replies = [await first, *[await follower for follower in followers]]
@@ -141,14 +146,21 @@ async def test_concurrent_identical_misses_compute_once_and_no_cache_neither_rea
         np.testing.assert_allclose(reply.json()["data"][0]["embedding"], normalized("same text"), rtol=1e-6)
 
 
+async def until(condition, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 - polls state the gateway's tasks set
+            await asyncio.sleep(0.01)
+
+
 async def test_a_request_that_failed_leaves_nothing_behind(fake_embedding_worker):
     """A miss whose call fails is not cached; whoever waited on it computes it itself."""
     adapter = fake_embedding_worker.servicer.adapter
     async with gateway_client(f"127.0.0.1:{fake_embedding_worker.port}") as client:
+        computing = client.app.state.cache._computing
         adapter.gate.clear()
         try:
             doomed = asyncio.create_task(client.post("/v1/embeddings", json={"input": ["wait for me"]}))
-            await asyncio.sleep(0.2)
+            await until(lambda: len(computing) == 1)
             waiting = asyncio.create_task(client.post("/v1/embeddings", json={"input": ["wait for me"]}))
             await asyncio.sleep(0.2)
             doomed.cancel()
@@ -265,6 +277,24 @@ async def test_redis_killed_under_load_fails_no_request_and_is_found_again(fake_
                 statuses += await load(100 + round_)
             await client.app.state.cache.close()
             assert set(statuses) == {200} and server.client().keys("tgc1:*")
+
+
+@pytest.fixture
+def dev_certs(tmp_path) -> Path:
+    """The development CA and server certificate of scripts/certs.sh (SAN 127.0.0.1)."""
+    subprocess.run(["bash", str(ROOT / "scripts/certs.sh"), str(tmp_path)], check=True, capture_output=True)
+    return tmp_path
+
+
+async def test_a_tls_redis_with_a_password_is_shared(fake_embedding_worker, dev_certs):
+    address = f"127.0.0.1:{fake_embedding_worker.port}"
+    with redis_server(password="p4ss", certs=dev_certs) as server:
+        async with gateway_client(address, cache_url=server.url) as first:
+            await first.post("/v1/embeddings", json={"input": ["over tls"]})
+            await first.app.state.cache.close()
+        async with gateway_client(address, cache_url=server.url) as second:
+            reply = await second.post("/v1/embeddings", json={"input": ["over tls"]})
+    assert server.url.startswith("rediss://") and cache_header(reply) == (1, 0)
 
 
 async def test_a_changed_model_never_answers_from_the_old_ones_entries():
