@@ -33,6 +33,7 @@ from services.runtime.precision import cpu_bf16_flags
 from tests.otlp import otlp_receiver
 
 ROOT = Path(__file__).resolve().parents[1]
+ALL_WORKERS = ("gpu", "embedding", "reranking", "classifier")
 SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
@@ -63,11 +64,11 @@ class Mesh:
     """The mesh on ports of its own choosing (port 0, read back from the run dir), started and stopped by the
     same scripts users run."""
 
-    def __init__(self, workers: list[str], **extra_env: str):
+    def __init__(self, **extra_env: str):
         self.run_dir = Path(tempfile.mkdtemp(prefix="torchgate-bench-"))
         self.env = {**os.environ, "TORCHGATE_RUN_DIR": str(self.run_dir), "TORCHGATE_PYTHON": sys.executable,
                     "TORCHGATE_LOG_LEVEL": "WARNING", **extra_env}
-        for name in [*workers, "gateway"]:
+        for name in [*ALL_WORKERS, "gateway"]:  # every port its own: meshes can run side by side
             self.env[f"TORCHGATE_{name.upper()}_PORT"] = "0"
             self.env[f"TORCHGATE_{name.upper()}_METRICS_PORT"] = "0"
         self.ports: dict[str, int] = {}
@@ -127,9 +128,9 @@ def containers_cost(seconds: float, warmup: float) -> dict:
         with mesh_factory() as mesh:
             return rate(rest_load(mesh, scenario, concurrency, per_call, seconds, warmup), per_call)
 
-    local_before = served(lambda: Mesh([scenario.worker]))
+    local_before = served(Mesh)
     containers = served(ContainerMesh)
-    local_after = served(lambda: Mesh([scenario.worker]))
+    local_after = served(Mesh)
     local = (local_before + local_after) / 2
     return {"scenario": "embed", "concurrency": concurrency, "per_call": per_call, "local_before": local_before,
             "local_after": local_after, "containers": containers, "ratio": containers / local}
@@ -165,8 +166,7 @@ def grpc_load(mesh: Mesh, name: str, concurrency: int, per_call: int, seconds: f
 def tracing_cost(row: dict, seconds: float, warmup: float) -> dict:
     """One load through the gateway with every span exported over OTLP/gRPC, against the same load untraced."""
     scenario = SCENARIOS[row["scenario"]]
-    with otlp_receiver() as (receiver, port), Mesh([scenario.worker],
-                                                   TORCHGATE_OTLP_ENDPOINT=f"http://127.0.0.1:{port}") as mesh:
+    with otlp_receiver() as (receiver, port), Mesh(TORCHGATE_OTLP_ENDPOINT=f"http://127.0.0.1:{port}") as mesh:
         traced = rest_load(mesh, scenario, row["concurrency"], row["per_call"], seconds, warmup)
         time.sleep(6)  # the exporters' batch delay (5 s): let the last spans arrive before counting
         spans = len(receiver.spans())
@@ -197,7 +197,7 @@ def main() -> None:
     modes = ("fp32", "bf16") if cpu_bf16_flags() else ("fp32",)
     before = {name: in_process_runs(name, args.corpus, modes) for name in names}
     loads = []
-    with Mesh(sorted({SCENARIOS[name].worker for name in names})) as mesh:
+    with Mesh() as mesh:
         dtypes = mesh.dtypes()
         for name in names:
             scenario = SCENARIOS[name]
