@@ -46,8 +46,9 @@ ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "
 # Verified tokens kept until they expire, so a token is checked once, not per request.
 VERIFIED_TOKENS = 10_000
 # An unknown `kid` fetches the JWKS again at most this often (a stream of forged kids cannot hammer the issuer).
-JWKS_REFETCH_S = 10.0
+JWKS_REFETCH_S = 1.0
 JWKS_REFRESH_S = 300.0
+JWKS_FETCH_TIMEOUT_S = 2.0
 RELOAD_POLL_S = 2.0
 MAX_PENDING_USAGE_WRITES = 256
 # The tenant of the request being served in this context (the upstream's fair share of a pool reads it).
@@ -125,6 +126,7 @@ class JwtVerifier:
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at = 0.0
         self._fetching: asyncio.Lock | None = None
+        self._background: asyncio.Future | None = None
         if spec.jwks_file:
             with open(spec.jwks_file) as handle:
                 self._keys = self._parse(json.load(handle))
@@ -140,11 +142,11 @@ class JwtVerifier:
             return
         self._fetching = self._fetching or asyncio.Lock()
         async with self._fetching:
-            if time.monotonic() - self._fetched_at < JWKS_REFETCH_S and reason == "unknown kid":
+            if reason == "unknown kid" and time.monotonic() - self._fetched_at < JWKS_REFETCH_S:
                 return
             self._fetched_at = time.monotonic()
             try:
-                client = jwt.PyJWKClient(self.spec.jwks_url, cache_jwk_set=False, timeout=5)
+                client = jwt.PyJWKClient(self.spec.jwks_url, cache_jwk_set=False, timeout=JWKS_FETCH_TIMEOUT_S)
                 self._keys = self._parse(await asyncio.to_thread(client.fetch_data))
             except (jwt.PyJWKClientError, jwt.PyJWKSetError, OSError, ValueError) as error:
                 log.warning("JWKS fetch failed (%s): keeping %d known keys", type(error).__name__, len(self._keys))
@@ -160,8 +162,11 @@ class JwtVerifier:
             raise _unauthorized(f"token algorithm {str(algorithm)[:16]!r} is not allowed; allowed: "
                                 f"{', '.join(self.spec.algorithms)}")
         kid = header.get("kid") or ""
-        if kid not in self._keys or time.monotonic() - self._fetched_at > JWKS_REFRESH_S:
-            await self._refresh("unknown kid" if kid not in self._keys else "periodic")
+        if kid not in self._keys:
+            await self._refresh("unknown kid")
+        elif self.spec.jwks_url and time.monotonic() - self._fetched_at > JWKS_REFRESH_S:
+            self._fetched_at = time.monotonic()  # one background refresh, off this request's path
+            self._background = asyncio.ensure_future(self._refresh("periodic"))
         key = self._keys.get(kid)
         if key is None:
             raise _unauthorized("the token's key id (kid) is not among the issuer's keys")

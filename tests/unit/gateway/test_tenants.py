@@ -4,8 +4,10 @@ break, per-tenant buckets, concurrency, quotas and models, usage and audit, relo
 import asyncio
 import base64
 import hashlib
+import http.server
 import json
 import logging
+import threading
 import time
 
 import jwt
@@ -14,6 +16,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.tenants import JWKS_REFETCH_S
 from tests.redis_server import redis_server
 from tests.unit.gateway.conftest import gateway_client
 
@@ -277,3 +280,54 @@ async def test_a_tenant_flooding_its_limit_costs_another_nothing(fake_embedding_
     assert {status for status, _ in beside} == {200} and {status for status, _ in alone} == {200}
     assert sum(status == 429 for status, _ in flood) > len(flood) / 2
     assert p99(beside) <= 1.5 * p99(alone) + 0.005, (p99(alone), p99(beside))
+
+
+class JwksEndpoint:
+    """The issuer's JWKS over HTTP on a loopback port, as an identity provider serves it."""
+
+    def __init__(self, issuer: Issuer):
+        document = issuer
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - the name http.server calls
+                body = json.dumps(document.jwks()).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def test_keys_come_from_the_jwks_url_a_new_kid_is_fetched_and_a_dead_endpoint_keeps_the_known_keys(
+        fake_embedding_worker, tmp_path, issuer):
+    endpoint = JwksEndpoint(issuer)
+    path = tmp_path / "tenants.yaml"
+    path.write_text(yaml.safe_dump({"tenants": {"acme": {}}, "jwt": {
+        "jwks_url": endpoint.url, "issuer": ISSUER, "audience": AUDIENCE, "algorithms": ["RS256", "ES256"]}}))
+    try:
+        async with gateway_client(f"127.0.0.1:{fake_embedding_worker.port}", tenants_file=str(path)) as client:
+            first = await client.post("/v1/embeddings", json=EMBED, headers=bearer(issuer.token("rsa-1")))
+            issuer.keys["rsa-2"] = (rsa.generate_private_key(public_exponent=65537, key_size=2048), "RS256")
+            await asyncio.sleep(JWKS_REFETCH_S)  # unknown kids fetch the JWKS at most this often
+            rotated = await client.post("/v1/embeddings", json=EMBED, headers=bearer(issuer.token("rsa-2")))
+            endpoint.stop()
+            still = await client.post("/v1/embeddings", json=EMBED, headers=bearer(issuer.token("ec-1")))
+            unknown = await client.post("/v1/embeddings", json=EMBED, headers=bearer(jwt.encode(
+                {"iss": ISSUER, "aud": AUDIENCE, "exp": time.time() + 60}, issuer.keys["rsa-1"][0],
+                algorithm="RS256", headers={"kid": "rsa-404"})))
+    finally:
+        endpoint.stop()
+    assert [first.status_code, rotated.status_code, still.status_code] == [200, 200, 200]
+    assert unknown.status_code == 401 and "kid" in unknown.json()["error"]["message"]
