@@ -74,11 +74,12 @@ class EdgeMiddleware:
         tenant: Tenant | None = None
         admission: Admission | None = None
         inputs = 0
-        refusal = self._refusal(scope)
+        refusal = self._oversized_head(scope)
         try:
             if refusal is None and scope["path"] not in self.open_paths:
                 tenant = await self.tenants.authenticate(scope["headers"])
                 state["tenant"] = tenant
+            refusal = refusal or self._unreadable_body(scope)
             body = await self._read_body(scope, receive) if refusal is None else None
             if isinstance(body, ApiError):
                 refusal = body
@@ -111,14 +112,17 @@ class EdgeMiddleware:
                                    "model": model or None, "inputs": inputs, "tokens": tokens,
                                    "client": client[0]})
 
-    def _refusal(self, scope) -> ApiError | None:
-        """What can be refused from the request line and headers alone."""
-        headers = scope["headers"]
-        if sum(len(name) + len(value) for name, value in headers) > MAX_HEADER_BYTES:
+    @staticmethod
+    def _oversized_head(scope) -> ApiError | None:
+        if sum(len(name) + len(value) for name, value in scope["headers"]) > MAX_HEADER_BYTES:
             return ApiError(431, "request_header_fields_too_large",
                             f"the request headers exceed {MAX_HEADER_BYTES} bytes")
+        return None
+
+    def _unreadable_body(self, scope) -> ApiError | None:
+        """A body refused from the headers alone: declared too large, or not JSON."""
         if scope["method"] in _BODY_METHODS:
-            fields = dict(headers)
+            fields = dict(scope["headers"])
             length = fields.get(b"content-length")
             if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
                 return ApiError(413, "request_too_large",
