@@ -6,8 +6,6 @@ import os
 import tempfile
 from contextlib import asynccontextmanager
 
-import jwt
-import yaml
 from fastapi import Depends, FastAPI
 from fastapi.security import HTTPBearer
 
@@ -20,6 +18,8 @@ from gateway.metrics import MULTIPROCESS_DIR, forget_this_process
 from gateway.middleware import EdgeMiddleware
 from gateway.redis_client import SharedRedis
 from gateway.registry import ModelPools, pool_name, pool_targets
+from gateway.reloading import ConfigFile, Reloader
+from gateway.rollout import Routing, Shadows, routes_loader
 from gateway.routes import classify, cohere, embeddings, gpu, health, models, rerank, usage
 from gateway.tenants import Directory, Limiter, TenantGate
 from gateway.upstream import Upstream
@@ -73,17 +73,24 @@ def _is_loopback(host: str) -> bool:
 
 
 def tenant_gate(settings: GatewaySettings, redis: SharedRedis | None) -> TenantGate:
-    """Tenants from the file, else one unlimited tenant holding API_KEYS, else everyone anonymous; a tenants
-    file that does not load stops the start (with the reason), since serving without it would be open."""
+    """Tenants from the file (reloaded), else one unlimited tenant holding API_KEYS, else everyone anonymous.
+    A tenants file that does not load stops the start, since serving without it would be open."""
     limiter = Limiter(redis, settings.limits_fail_open)
     if settings.tenants_file:
-        try:
-            return TenantGate(Directory.from_file(settings.tenants_file), limiter, settings.tenants_file)
-        except (OSError, ValueError, yaml.YAMLError, jwt.PyJWKSetError) as error:
-            raise SystemExit(f"TORCHGATE_GATEWAY_TENANTS_FILE {settings.tenants_file}: "
-                             f"{str(error).replace(chr(10), '; ')[:1000]}") from None
+        return TenantGate(ConfigFile(settings.tenants_file, Directory.from_file, "tenants file"), limiter)
     keys = [key.strip() for key in settings.api_keys.split(",") if key.strip()]
     return TenantGate(Directory.from_api_keys(keys) if keys else None, limiter)
+
+
+NO_ALIASES = Routing()
+
+
+def served_names(app: FastAPI) -> set[str] | None:
+    """Every model name the registry routes, or None while a pool has not answered Info yet."""
+    pools = [pool for registry in getattr(app.state, "pools", {}).values() for pool in registry.pools]
+    if not pools or any(pool.limits is None for pool in pools):
+        return None
+    return set().union(*(pool.limits.names() for pool in pools))
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -115,13 +122,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         if settings.cache:
             app.state.cache = ResponseCache(settings.cache_bytes, redis_clients.get(settings.cache_url),
                                             settings.cache_ttl_s)
-        tenants.start()
+        reloader.start()
         log.info("gateway ready", extra={"upstreams": {name: client.settings.addresses
                                                        for name, client in app.state.upstreams.items()}})
         yield
         if app.state.cache is not None:
             await app.state.cache.close()
-        await tenants.close()
+        await reloader.close()
+        await app.state.shadows.close()
         for client in redis_clients.values():
             await client.close()
         for client in app.state.upstreams.values():
@@ -136,6 +144,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     redis_clients = {url: SharedRedis(url, settings.redis_timeout_s)
                      for url in dict.fromkeys((settings.cache_url, settings.limits_url or settings.cache_url)) if url}
     tenants = app.state.tenants = tenant_gate(settings, redis_clients.get(settings.limits_url or settings.cache_url))
+    routing_file = (ConfigFile(settings.routes_file, routes_loader(lambda: served_names(app)), "routing file")
+                    if settings.routes_file else None)
+    app.state.routing = (lambda: routing_file.value) if routing_file else (lambda: NO_ALIASES)
+    app.state.shadows = Shadows()
+    reloader = app.state.reloader = Reloader([file for file in (tenants.file, routing_file) if file is not None])
     if not tenants.required and not _is_loopback(settings.host):
         log.warning("API keys are off and the gateway listens on %s: anyone who reaches it can use it; "
                     "set TORCHGATE_GATEWAY_TENANTS_FILE or TORCHGATE_GATEWAY_API_KEYS", settings.host)

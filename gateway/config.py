@@ -55,6 +55,8 @@ class GatewaySettings(BaseSettings):
     )
     tenants_file: str = Field("", description="YAML file of tenants (API key digests, JWT issuer, limits); "
                                               "reloaded on SIGHUP or when it changes. Replaces API_KEYS.")
+    routes_file: str = Field("", description="YAML file of model aliases with weighted, sticky versions "
+                                             "(gateway/rollout.py); reloaded on SIGHUP or when it changes.")
     limits_url: str = Field("", description="Redis for the tenants' limits and usage when it is not CACHE_URL's.")
     limits_fail_open: bool = Field(True, description="Redis down: true keeps limiting per gateway process; false "
                                                      "answers 503 until it is back.")

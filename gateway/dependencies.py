@@ -1,6 +1,8 @@
 """Request-scoped helpers shared by the routes: upstream lookup, deadline, the fields every model route takes."""
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from fastapi import Request
 from pydantic import Field
@@ -9,8 +11,11 @@ from gateway.cache import Compute, ResponseCache, Scope
 from gateway.contract import Name, RequestBody
 from gateway.errors import ApiError
 from gateway.registry import ModelPools
+from gateway.rollout import VERSION_HEADER
+from gateway.tenants import ANONYMOUS
 from gateway.upstream import Upstream
 
+T = TypeVar("T")
 TIMEOUT_HEADER = "X-Request-Timeout"
 MAX_TIMEOUT_S = 600
 # Below this a deadline cannot cover even the network hop; such requests are refused, not attempted.
@@ -33,17 +38,35 @@ def upstream(request: Request, name: str) -> Upstream:
     return client
 
 
-def model_pool(request: Request, task: str, model: str | None) -> Upstream:
-    """The pool of `task` that serves `model` (None: the task's default), or 404/503 saying why not."""
+def model_pool(request: Request, task: str, model: str | None,
+               user: str | None = None) -> tuple[Upstream, str | None]:
+    """The pool of `task` that serves `model` (None: the task's default), and the model name to ask it for:
+    `model`, or for an alias of the routing file the version chosen for this caller (gateway/rollout.py).
+    404/503 saying why when no pool serves it."""
     pools: ModelPools | None = request.app.state.pools.get(task)
     if pools is None:
         raise ApiError(503, "upstream_unavailable", f"the {task} service is not configured on this gateway", task)
-    pool = pools.route(model)
-    tenant = request.scope.get("state", {}).get("tenant")
+    state = request.scope.setdefault("state", {})
+    tenant = state.get("tenant")
+    routing = request.app.state.routing()
+    caller = user or (tenant.name if tenant is not None and tenant.name != ANONYMOUS else None)
+    routed, alias = routing.resolve(model, caller, request.headers.get(VERSION_HEADER))
+    try:
+        pool = pools.route(routed)
+    except ApiError as error:
+        if error.status == 404 and routing.aliases:
+            error.message += f"; aliases: {', '.join(map(repr, routing.aliases))}"
+        raise
+    if alias is not None:
+        state["alias"] = (alias, pool.limits.model_id if pool.limits else pool.name)
+        state.setdefault("response_headers", {})[VERSION_HEADER] = state["alias"][1]
+        shadow = routing.shadow_of(alias)
+        if shadow is not None:
+            state["shadow"] = (alias, shadow.model)
     if tenant is not None and not tenant.may_use(pool.limits.names() if pool.limits else set()):
         raise ApiError(403, "permission_denied", f"tenant {tenant.name!r} may not use the {task} model "
                                                  f"{pool.limits.model_id if pool.limits else pool.name!r}")
-    return pool
+    return pool, routed
 
 
 def account(request: Request, model: str, tokens: int) -> None:
@@ -90,3 +113,18 @@ def response_cache(request: Request, client: Upstream, task: str, options: tuple
         return None
     directives = request.headers.get("cache-control", "").lower()
     return CacheUse(cache, Scope(task, *identity, options), read="no-cache" not in directives)
+
+
+def mirror(request: Request, task: str, run: Callable[[Upstream, str], Awaitable[T]],
+           agree: Callable[[T], float | None]) -> None:
+    """When this request was chosen for its alias's shadow: `run(shadow pool, shadow model)` in the background
+    after the primary answered, and `agree(its result)` exported (gateway/rollout.py). Once per request."""
+    shadowed = request.scope.get("state", {}).pop("shadow", None)
+    if shadowed is None:
+        return
+    alias, model = shadowed
+
+    async def run_shadow() -> T:
+        return await run(request.app.state.pools[task].route(model), model)
+
+    request.app.state.shadows.mirror(alias, model, run_shadow, agree)

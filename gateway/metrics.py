@@ -11,10 +11,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 HTTP_REQUESTS = Counter("torchgate_gateway_requests_total", "REST requests by route and status", ["route", "status"])
-HTTP_SECONDS = Histogram(
-    "torchgate_gateway_request_seconds", "REST request latency", ["route"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+HTTP_SECONDS = Histogram("torchgate_gateway_request_seconds", "REST request latency", ["route"],
+                         buckets=LATENCY_BUCKETS)
 UPSTREAM_CALLS = Counter("torchgate_gateway_upstream_calls_total", "gRPC calls by upstream and outcome",
                          ["upstream", "code"])
 HEADER_TIMEOUTS = Counter("torchgate_gateway_header_timeouts_total",
@@ -43,6 +42,19 @@ TENANT_TOKENS = Counter("torchgate_gateway_tenant_tokens_total", "Tokens the mod
 TENANT_REFUSALS = Counter("torchgate_gateway_tenant_refusals_total", "Requests refused with 429 by a tenant's "
                           "limit (requests, inputs, concurrency, daily_tokens, pool_share)",
                           ["tenant", "route", "limit"])
+
+ALIAS_REQUESTS = Counter("torchgate_gateway_alias_requests_total", "Requests for an alias of the routing file, by "
+                         "the version that served and status", ["alias", "version", "status"])
+ALIAS_SECONDS = Histogram("torchgate_gateway_alias_request_seconds", "Latency of requests for an alias, by version",
+                          ["alias", "version"], buckets=LATENCY_BUCKETS)
+
+SHADOW_CALLS = Counter("torchgate_gateway_shadow_calls_total", "Mirrored requests to an alias's shadow by outcome "
+                       "(ok, dropped, or the error type)", ["alias", "shadow", "outcome"])
+SHADOW_SECONDS = Histogram("torchgate_gateway_shadow_seconds", "Latency of the shadow's answers", ["alias", "shadow"],
+                           buckets=LATENCY_BUCKETS)
+SHADOW_AGREEMENT = Histogram("torchgate_gateway_shadow_agreement", "Agreement of shadow and primary: embeddings "
+                             "cosine (or rank correlation of similarities), classify same intent, rerank same top-1",
+                             ["alias", "shadow"], buckets=(0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1))
 
 
 def exposition() -> bytes:

@@ -21,7 +21,7 @@ from opentelemetry import trace
 
 from gateway.errors import ApiError
 from gateway.json_routes import JsonRoute, count_inputs
-from gateway.metrics import HTTP_REQUESTS, HTTP_SECONDS
+from gateway.metrics import ALIAS_REQUESTS, ALIAS_SECONDS, HTTP_REQUESTS, HTTP_SECONDS
 from gateway.tenants import Admission, Tenant, TenantGate, current_tenant
 from torchgate.telemetry import REQUEST_ID_HEADER, accepted_request_id, request_id
 
@@ -61,16 +61,20 @@ class EdgeMiddleware:
         rid = accepted_request_id(offered.decode("latin-1"))
         request_id.set(rid)
 
+        state = scope.setdefault("state", {})
+
         async def send_observed(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-                message = {**message, "headers": [*message.get("headers", ()), (_REQUEST_ID_HEADER, rid.encode())]}
+                added = [(name.lower().encode(), value.encode())
+                         for name, value in state.get("response_headers", {}).items()]
+                message = {**message, "headers": [*message.get("headers", ()), (_REQUEST_ID_HEADER, rid.encode()),
+                                                  *added]}
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 response_done.set()
             await send(message)
 
         route = scope["path"] if scope["path"] in self.routes else "other"
-        state = scope.setdefault("state", {})
         tenant: Tenant | None = None
         admission: Admission | None = None
         inputs = 0
@@ -102,6 +106,9 @@ class EdgeMiddleware:
         HTTP_REQUESTS.labels(route, str(status[0])).inc()
         HTTP_SECONDS.labels(route).observe(elapsed)
         model, tokens = state.get("model", ""), state.get("tokens", 0)
+        if "alias" in state:
+            ALIAS_REQUESTS.labels(*state["alias"], str(status[0])).inc()
+            ALIAS_SECONDS.labels(*state["alias"]).observe(elapsed)
         if tenant is not None:
             self.tenants.record(tenant, route, model, inputs, tokens, status[0])
         if scope["path"] not in self.quiet_paths:

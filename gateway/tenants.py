@@ -12,7 +12,6 @@ without it, or while it is down with LIMITS_FAIL_OPEN (the default), each proces
 """
 
 import asyncio
-import contextlib
 import contextvars
 import datetime
 import hashlib
@@ -20,9 +19,7 @@ import hmac
 import json
 import logging
 import math
-import os
 import re
-import signal
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable
@@ -31,11 +28,12 @@ from typing import Literal
 
 import jwt
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.errors import ApiError
 from gateway.metrics import TENANT_INPUTS, TENANT_REFUSALS, TENANT_REQUESTS, TENANT_TOKENS
 from gateway.redis_client import SharedRedis
+from gateway.reloading import ConfigFile
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +47,6 @@ VERIFIED_TOKENS = 10_000
 JWKS_REFETCH_S = 1.0
 JWKS_REFRESH_S = 300.0
 JWKS_FETCH_TIMEOUT_S = 2.0
-RELOAD_POLL_S = 2.0
 MAX_PENDING_USAGE_WRITES = 256
 # The tenant of the request being served in this context (the upstream's fair share of a pool reads it).
 current_tenant: contextvars.ContextVar[str | None] = contextvars.ContextVar("current_tenant", default=None)
@@ -457,15 +454,13 @@ USAGE_FIELDS = ("requests", "inputs", "tokens", "refused")
 
 
 class TenantGate:
-    """The edge's one entry to tenants: authenticate, admit, account, and reload the file without a restart."""
+    """The edge's one entry to tenants: authenticate, admit, account. `directory` is a Directory, or the
+    tenants file's (gateway/reloading.py reloads it), or None when every caller is anonymous."""
 
-    def __init__(self, directory: Directory | None, limiter: Limiter, path: str = ""):
-        self.directory = directory
+    def __init__(self, directory: "Directory | ConfigFile[Directory] | None", limiter: Limiter):
+        self._directory = directory
         self.limiter = limiter
-        self.path = path
         self.anonymous = Tenant(ANONYMOUS, UNLIMITED)
-        self._stamp = _stamp(path) if path else None
-        self._watcher: asyncio.Task | None = None
         self._usage: dict[str, dict[str, int]] = {}
         self._writes: set[asyncio.Task] = set()
 
@@ -514,53 +509,19 @@ class TenantGate:
                 **({"tokens_today": used_today} if used_today is not None else {})}
 
     @property
+    def directory(self) -> Directory | None:
+        return self._directory.value if isinstance(self._directory, ConfigFile) else self._directory
+
+    @property
+    def file(self) -> "ConfigFile[Directory] | None":
+        return self._directory if isinstance(self._directory, ConfigFile) else None
+
+    @property
     def required(self) -> bool:
-        return self.directory is not None
+        return self._directory is not None
 
     async def authenticate(self, headers) -> Tenant:
-        if self.directory is None:
+        directory = self.directory
+        if directory is None:
             return self.anonymous
-        return await self.directory.authenticate(headers)
-
-    def reload(self) -> None:
-        """Read the file again; a file that does not load keeps the previous one (and the log says why)."""
-        try:
-            loaded = Directory.from_file(self.path)
-        except (OSError, yaml.YAMLError, ValidationError, ValueError, jwt.PyJWKSetError) as error:
-            log.error("tenants file %s not reloaded, the previous one stays: %s", self.path,
-                      str(error).replace("\n", "; ")[:500])
-            return
-        self.directory = loaded
-        log.info("tenants file reloaded", extra={"tenants": len(loaded.tenants)})
-
-    def start(self) -> None:
-        """Reload on SIGHUP and whenever the file changes; call inside the serving loop."""
-        if not self.path:
-            return
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload)
-        self._watcher = asyncio.ensure_future(self._watch())
-
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(RELOAD_POLL_S)
-            stamp = _stamp(self.path)
-            if stamp != self._stamp:
-                self._stamp = stamp
-                self.reload()
-
-    async def close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-
-
-def _stamp(path: str) -> tuple | None:
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return stat.st_mtime_ns, stat.st_size, stat.st_ino
+        return await directory.authenticate(headers)

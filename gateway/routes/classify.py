@@ -2,16 +2,18 @@
 
 import struct
 
+import numpy as np
 from fastapi import APIRouter, Request
 from google.protobuf.message import DecodeError
 from pydantic import ConfigDict, Field, model_validator
 
 from gateway.cache import CacheOutcome, Computed
 from gateway.contract import RequestBody, enforce_texts, json_int, text_type, texts_type
-from gateway.dependencies import ModelRequest, account, model_pool, request_timeout, response_cache
+from gateway.dependencies import ModelRequest, account, mirror, model_pool, request_timeout, response_cache
 from gateway.errors import MODEL_ROUTE_ERRORS, ApiError
 from gateway.merging import Mergeable
 from gateway.responses import JSONResponse
+from gateway.upstream import Upstream
 from torchgate.v1 import classifier_pb2, common_pb2
 
 router = APIRouter(responses=MODEL_ROUTE_ERRORS)
@@ -69,8 +71,22 @@ TOKENS = struct.Struct("<I")
 async def _classify(request: Request, texts: list[str], field: str, top_k: int = 0, model: str = "",
                     timeout: float | None = None,
                     force_intent: bool = False) -> tuple[classifier_pb2.ClassifyResponse, CacheOutcome]:
-    """The classifications of `texts`, through the response cache, and what the cache answered."""
-    client = model_pool(request, "classifier", model)
+    """The classifications of `texts`, through the response cache, and what the cache answered. Mirrored to
+    the alias's shadow when the request was chosen for it (agreement: the share of texts given the same
+    intent)."""
+    client, model = model_pool(request, "classifier", model)
+    reply, outcome = await _classify_with(request, client, model or "", texts, field, top_k, timeout, force_intent)
+    account(request, reply.model, reply.usage.total_tokens)
+    intents = [result.intent for result in reply.results]
+    mirror(request, "classifier", lambda pool, name: _classify_with(
+        request, pool, name, texts, field, top_k, timeout, force_intent),
+        lambda shadow: float(np.mean([a == b.intent for a, b in zip(intents, shadow[0].results, strict=True)])))
+    return reply, outcome
+
+
+async def _classify_with(request: Request, client: Upstream, model: str, texts: list[str], field: str, top_k: int,
+                         timeout: float | None,
+                         force_intent: bool) -> tuple[classifier_pb2.ClassifyResponse, CacheOutcome]:
     enforce_texts(client.limits, texts, field, client.name)
     deadline = request_timeout(request, client, timeout)
 
@@ -80,9 +96,7 @@ async def _classify(request: Request, texts: list[str], field: str, top_k: int =
 
     cache = response_cache(request, client, "classifier", (top_k, force_intent))
     if cache is None:
-        reply = await call(texts)
-        account(request, reply.model, reply.usage.total_tokens)
-        return reply, CacheOutcome(0, len(texts))
+        return await call(texts), CacheOutcome(0, len(texts))
 
     async def compute(indices: list[int], timeout: float) -> Computed:
         reply = await call([texts[i] for i in indices], timeout)
@@ -95,7 +109,6 @@ async def _classify(request: Request, texts: list[str], field: str, top_k: int =
     values, outcome = await cache.resolve([text.encode() for text in texts], compute, deadline,
                                           valid=_is_classification)
     tokens = sum(TOKENS.unpack_from(value)[0] for value in values)
-    account(request, cache.scope.model_id, tokens)
     return classifier_pb2.ClassifyResponse(
         results=[classifier_pb2.Classification.FromString(value[TOKENS.size:]) for value in values],
         model=cache.scope.model_id, usage=common_pb2.Usage(prompt_tokens=tokens, total_tokens=tokens)), outcome
@@ -165,7 +178,7 @@ async def classify_batch(body: BetterPromptsBatchRequest, request: Request):
 
 @router.get("/api/v1/intents/types", response_class=JSONResponse)
 async def intent_types(request: Request):
-    client = model_pool(request, "classifier", None)
+    client, _ = model_pool(request, "classifier", None)
     reply = await client.call("ListIntents", classifier_pb2.ListIntentsRequest(), request_timeout(request, client))
     return JSONResponse({
         "intents": [{"name": i.name, "description": i.description, "examples": i.examples} for i in reply.intents],

@@ -46,8 +46,8 @@ class CohereRerankRequest(ModelRequest):
 
 @router.post("/v2/embed", response_class=JSONResponse)
 async def cohere_embed(body: CohereEmbedRequest, request: Request):
-    client = model_pool(request, "embedding", body.model)
-    embedded = await embed(request, client, body.texts, model=body.model, truncate=body.truncate == "END",
+    client, model = model_pool(request, "embedding", body.model)
+    embedded = await embed(request, client, body.texts, model=model, truncate=body.truncate == "END",
                            dimensions=body.output_dimension, timeout=body.timeout, input_type=body.input_type,
                            field="texts")
     account(request, embedded.model, embedded.tokens)
@@ -62,8 +62,8 @@ async def cohere_embed(body: CohereEmbedRequest, request: Request):
 
 @router.post("/v2/rerank", response_class=JSONResponse)
 async def cohere_rerank(body: CohereRerankRequest, request: Request):
-    client = model_pool(request, "reranking", body.model)
-    ranked = await rank(request, client, body.query, body.documents, model=body.model, top_n=body.top_n,
+    client, model = model_pool(request, "reranking", body.model)
+    ranked = await rank(request, client, body.query, body.documents, model=model, top_n=body.top_n,
                         max_tokens_per_doc=body.max_tokens_per_doc, timeout=body.timeout)
     account(request, ranked.model, ranked.tokens)
     return JSONResponse({

@@ -20,10 +20,11 @@ from gateway.contract import (
     one_or_many_texts,
     texts_or_token_ids,
 )
-from gateway.dependencies import ModelRequest, account, model_pool, request_timeout, response_cache
+from gateway.dependencies import ModelRequest, account, mirror, model_pool, request_timeout, response_cache
 from gateway.errors import MODEL_ROUTE_ERRORS, ApiError
 from gateway.merging import Mergeable
 from gateway.responses import JSONResponse
+from gateway.rollout import vectors_agreement
 from gateway.upstream import Upstream
 from torchgate.v1 import common_pb2, embedding_pb2
 from torchgate.vectors import shape_vectors
@@ -38,7 +39,8 @@ class EmbeddingsRequest(ModelRequest):
     encoding_format: Literal["float", "base64"] = Field("float", description="base64: little-endian float32.")
     dimensions: json_int(1, UINT32_MAX) | None = Field(None, json_schema_extra={LIMIT_KEY: "embedding.dimension"},
                                    description="Keep only the first N dimensions (then re-normalize).")
-    user: Name | None = Field(None, description="Accepted for OpenAI compatibility; unused.")
+    user: Name | None = Field(None, description="The end user: keeps them on one version of a model alias "
+                                                 "(routing file); never logged.")
     truncate: bool = Field(True, description="Cut texts longer than the model's limit; false makes them a 400.")
     prompt_name: Name | None = Field(None, json_schema_extra={LIMIT_KEY: "embedding.prompt_names"},
                                      description="Prefix every text with this prompt of the model (/v1/models "
@@ -78,7 +80,20 @@ class Embedded:
 async def embed(request: Request, client: Upstream, inputs: list, *, model: str | None, truncate: bool,
                 dimensions: int | None, timeout: float | None, prompt_name: str = "", input_type: str = "",
                 field: str = "input") -> Embedded:
-    """Embed texts or token-id lists (the body's `field`) through the response cache and `client`."""
+    """Embed texts or token-id lists (the body's `field`) through the response cache and `client`; mirrored
+    to the alias's shadow when the request was chosen for it."""
+    embedded = await _embed(request, client, inputs, model=model, truncate=truncate, dimensions=dimensions,
+                            timeout=timeout, prompt_name=prompt_name, input_type=input_type, field=field)
+    mirror(request, "embedding", lambda pool, name: _embed(
+        request, pool, inputs, model=name, truncate=truncate, dimensions=None, timeout=timeout,
+        prompt_name=prompt_name, input_type=input_type, field=field),
+        lambda shadow: vectors_agreement(embedded.vectors, shadow.vectors))
+    return embedded
+
+
+async def _embed(request: Request, client: Upstream, inputs: list, *, model: str | None, truncate: bool,
+                 dimensions: int | None, timeout: float | None, prompt_name: str, input_type: str,
+                 field: str) -> Embedded:
     token_ids = bool(inputs) and isinstance(inputs[0], list)
     if token_ids:
         if client.limits and len(inputs) > client.limits.max_items:
@@ -129,8 +144,8 @@ async def embed(request: Request, client: Upstream, inputs: list, *, model: str 
 
 @router.post("/v1/embeddings", response_class=JSONResponse)
 async def create_embeddings(body: EmbeddingsRequest, request: Request):
-    client = model_pool(request, "embedding", body.model)
-    embedded = await embed(request, client, body.input, model=body.model, truncate=body.truncate,
+    client, model = model_pool(request, "embedding", body.model, body.user)
+    embedded = await embed(request, client, body.input, model=model, truncate=body.truncate,
                            dimensions=body.dimensions, timeout=body.timeout, prompt_name=body.prompt_name or "")
     account(request, embedded.model, embedded.tokens)
     return JSONResponse({
@@ -152,12 +167,12 @@ def _vectors(vectors: np.ndarray, encoding_format: str) -> list[dict]:
 @router.post("/tokenize", response_class=JSONResponse)
 async def tokenize(body: TokenizeRequest, request: Request):
     """Each input's tokens as TEI returns them: [[{id, text, special, start, stop}, ...], ...]."""
-    client = model_pool(request, "embedding", body.model)
+    client, model = model_pool(request, "embedding", body.model)
     enforce_texts(client.limits, body.inputs, "inputs", client.name)
     reply = await client.call(
         "Tokenize",
         embedding_pb2.TokenizeRequest(texts=body.inputs, add_special_tokens=body.add_special_tokens,
-                                      model=body.model or ""),
+                                      model=model or ""),
         request_timeout(request, client, body.timeout),
     )
     return JSONResponse([[{"id": t.id, "text": t.text, "special": t.special, "start": t.start, "stop": t.stop}

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from gateway.cache import CacheOutcome, Computed
 from gateway.contract import LIMIT_KEY, UINT32_MAX, RequestBody, enforce_texts, json_int, text_type
-from gateway.dependencies import ModelRequest, account, model_pool, request_timeout, response_cache
+from gateway.dependencies import ModelRequest, account, mirror, model_pool, request_timeout, response_cache
 from gateway.errors import MODEL_ROUTE_ERRORS
 from gateway.responses import JSONResponse
 from gateway.upstream import Upstream
@@ -48,7 +48,19 @@ class Ranked:
 async def rank(request: Request, client: Upstream, query: str, documents: list[str], *, model: str | None,
                top_n: int | None, raw_scores: bool = False, max_tokens_per_doc: int | None = None,
                timeout: float | None = None) -> Ranked:
-    """Score every document against the query through the response cache and `client`; the best `top_n`."""
+    """Score every document against the query through the response cache and `client`; the best `top_n`.
+    Mirrored to the alias's shadow when the request was chosen for it (agreement: the same best document)."""
+    ranked = await _rank(request, client, query, documents, model=model, top_n=top_n, raw_scores=raw_scores,
+                         max_tokens_per_doc=max_tokens_per_doc, timeout=timeout)
+    mirror(request, "reranking", lambda pool, name: _rank(
+        request, pool, query, documents, model=name, top_n=1, max_tokens_per_doc=max_tokens_per_doc,
+        timeout=timeout), lambda shadow: float(shadow.results[0][0] == ranked.results[0][0]))
+    return ranked
+
+
+async def _rank(request: Request, client: Upstream, query: str, documents: list[str], *, model: str | None,
+                top_n: int | None, raw_scores: bool = False, max_tokens_per_doc: int | None = None,
+                timeout: float | None = None) -> Ranked:
     enforce_texts(client.limits, [query], "query", client.name)
     enforce_texts(client.limits, documents, "documents", client.name)
     deadline = request_timeout(request, client, timeout)
@@ -84,9 +96,9 @@ async def rank(request: Request, client: Upstream, query: str, documents: list[s
 
 @router.post("/v1/rerank", response_class=JSONResponse)
 async def rerank(body: RerankRequest, request: Request):
-    client = model_pool(request, "reranking", body.model)
+    client, model = model_pool(request, "reranking", body.model)
     documents = [doc if isinstance(doc, str) else doc.text for doc in body.documents]
-    ranked = await rank(request, client, body.query, documents, model=body.model, top_n=body.top_n,
+    ranked = await rank(request, client, body.query, documents, model=model, top_n=body.top_n,
                         raw_scores=body.raw_scores, timeout=body.timeout)
     account(request, ranked.model, ranked.tokens)
     return JSONResponse({

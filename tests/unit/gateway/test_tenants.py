@@ -216,18 +216,18 @@ async def test_the_file_reloads_when_it_changes_and_a_broken_file_keeps_the_last
     path = tmp_path / "tenants.yaml"
     write_tenants(path, acme={"keys_sha256": [digest("old")]})
     async with gateway_client(f"127.0.0.1:{fake_embedding_worker.port}", tenants_file=str(path)) as client:
-        gate = client.app.state.tenants
+        tenants_file = client.app.state.tenants.file
         write_tenants(path, acme={"keys_sha256": [digest("new")]})
-        gate.reload()
+        tenants_file.reload()
         assert (await client.post("/v1/embeddings", json=EMBED, headers=bearer("new"))).status_code == 200
         assert (await client.post("/v1/embeddings", json=EMBED, headers=bearer("old"))).status_code == 401
         path.write_text("tenants: {acme: {keys_sha256: [not-a-digest]}}")
         with caplog.at_level(logging.ERROR):
-            gate.reload()
+            tenants_file.reload()
         assert "not reloaded" in caplog.text and "keys_sha256" in caplog.text
         assert (await client.post("/v1/embeddings", json=EMBED, headers=bearer("new"))).status_code == 200
         write_tenants(path, acme={"keys_sha256": [digest("newer")]})
-        for _ in range(50):  # the watcher polls the file every 2 s
+        for _ in range(50):  # the watcher polls the file twice a second
             if (await client.post("/v1/embeddings", json=EMBED, headers=bearer("newer"))).status_code == 200:
                 break
             await asyncio.sleep(0.1)
