@@ -1,12 +1,13 @@
 """The classifier's two backends behind one interface: a few-shot head on embeddings, or a checkpoint."""
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from services.classifier.examples import load_examples
-from services.classifier.head import IntentScores, ScopeThreshold, learn_scope_threshold, softmax, train
+from services.classifier.examples import ExampleSet, load_examples
+from services.classifier.head import Head, IntentScores, ScopeThreshold, learn_scope_threshold, softmax, train
 from services.embedding.adapter import EmbeddingAdapter
 from services.runtime.adapter import ModelAdapter, ModelDescription, Prepared, SpecAdapter
 from services.runtime.precision import SELF_CHECK_BATCH, score_agreement
@@ -17,53 +18,72 @@ log = logging.getLogger(__name__)
 CHARS_PER_TOKEN = 4
 
 
+@dataclass(frozen=True)
+class FewShotHead:
+    """Everything learned from one example file; replaced whole, so a batch reads one file's state."""
+
+    examples: ExampleSet
+    head: Head
+    in_scope_examples: np.ndarray
+    scope: ScopeThreshold | None
+    labels: tuple[str, ...]
+
+
 class FewShotAdapter(ModelAdapter):
     """Embeds texts with the embedding adapter; a head trained at start-up on the example file classifies.
 
     With `out_of_scope` (an intent name), a threshold learned from the examples marks texts whose nearest
     in-scope example is too far as belonging to no intent (head.learn_scope_threshold); examples listed under
-    that name train it as a class of its own.
+    that name train it as a class of its own. `learn()` reads the example file again while the adapter serves;
+    assigning its result to `state` swaps the new head in at once (a batch reads `state` once).
     """
 
     def __init__(self, embedding: EmbeddingAdapter, examples: Path, out_of_scope: str | None = None):
         self.embedding = embedding
         self.examples_path = examples
         self.out_of_scope = out_of_scope
-        self.scope: ScopeThreshold | None = None
+        self.state: FewShotHead | None = None
 
     def load(self) -> ModelDescription:
         described = self.embedding.load()
         self.packs_sequences = self.embedding.packs_sequences
-        self.examples = load_examples(self.examples_path)
-        vectors = np.vstack([self._embed(self.examples.texts[i:i + 64])
-                             for i in range(0, len(self.examples.texts), 64)])
-        labels = np.array(self.examples.labels)
-        self.head = train(vectors, labels, len(self.examples.intents))
-        scope_label = (self.examples.intents.index(self.out_of_scope)
-                       if self.out_of_scope in self.examples.intents else None)
-        self.in_scope_examples = vectors[labels != scope_label]
-        if self.out_of_scope:
-            self.scope = learn_scope_threshold(vectors, labels, self.head.held_out_predictions == labels, scope_label)
-        log.info("few-shot head trained", extra={
-            "intents": len(self.examples.intents), "examples": len(self.examples.texts),
-            "cv_accuracy": round(self.head.cv_accuracy, 3), "temperature": round(self.head.temperature, 3),
-            "examples_file": str(self.examples_path),
-            **({"out_of_scope_threshold": round(self.scope.threshold, 4),
-                "cv_in_scope_accuracy": round(self.scope.in_scope_accuracy, 3),
-                "cv_out_of_scope_recall": round(self.scope.out_of_scope_recall, 3),
-                "cv_scope_accuracy": round(self.scope.accuracy, 3)} if self.scope else {})})
+        self.state = self.learn()
         described.model_id = f"few-shot:{described.model_id}"
-        described.labels = list(self.examples.intents)
+        described.labels = list(self.state.labels)
         described.dimension = 0
         described.result_files = [str(self.examples_path)]
         return described
+
+    def learn(self) -> FewShotHead:
+        """What the example file teaches now; serving switches to it when it is assigned to `state`."""
+        examples = load_examples(self.examples_path)
+        vectors = np.vstack([self._embed(examples.texts[i:i + 64]) for i in range(0, len(examples.texts), 64)])
+        labels = np.array(examples.labels)
+        head = train(vectors, labels, len(examples.intents))
+        scope_label = examples.intents.index(self.out_of_scope) if self.out_of_scope in examples.intents else None
+        scope = (learn_scope_threshold(vectors, labels, head.held_out_predictions == labels, scope_label)
+                 if self.out_of_scope else None)
+        log.info("few-shot head trained", extra={
+            "intents": len(examples.intents), "examples": len(examples.texts),
+            "cv_accuracy": round(head.cv_accuracy, 3), "temperature": round(head.temperature, 3),
+            "examples_file": str(self.examples_path),
+            **({"out_of_scope_threshold": round(scope.threshold, 4),
+                "cv_in_scope_accuracy": round(scope.in_scope_accuracy, 3),
+                "cv_out_of_scope_recall": round(scope.out_of_scope_recall, 3),
+                "cv_scope_accuracy": round(scope.accuracy, 3)} if scope else {})})
+        return FewShotHead(examples, head, vectors[labels != scope_label], scope, tuple(examples.intents))
+
+    @property
+    def head(self) -> Head:
+        return self.state.head
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         prepared = self.embedding.preprocess(texts)
         return normalized(self.embedding.forward(prepared))
 
     def intents(self) -> list[tuple[str, str, int]]:
-        return [(name, self.examples.descriptions[name], self.examples.count(name)) for name in self.examples.intents]
+        examples = self.state.examples
+        return [(name, examples.descriptions[name], examples.count(name)) for name in examples.intents]
 
     def warmup(self) -> None:
         self.embedding.warmup()
@@ -74,15 +94,16 @@ class FewShotAdapter(ModelAdapter):
     def preprocess(self, texts: list[str]) -> Prepared:
         return self.embedding.preprocess(texts)
 
-    def forward(self, prepared: Prepared) -> tuple[np.ndarray, np.ndarray]:
+    def forward(self, prepared: Prepared) -> tuple[FewShotHead, np.ndarray, np.ndarray]:
+        state = self.state
         vectors = normalized(self.embedding.forward(prepared))
-        return self.head.probabilities(vectors), (vectors @ self.in_scope_examples.T).max(axis=1)
+        return state, state.head.probabilities(vectors), (vectors @ state.in_scope_examples.T).max(axis=1)
 
-    def postprocess(self, prepared: Prepared, output: tuple[np.ndarray, np.ndarray]) -> list[IntentScores]:
-        probabilities, nearest = output
-        threshold = self.scope.threshold if self.scope else -np.inf
-        return [IntentScores(row, bool(similarity < threshold)) for row, similarity in zip(probabilities, nearest,
-                                                                                           strict=True)]
+    def postprocess(self, prepared: Prepared, output: tuple[FewShotHead, np.ndarray, np.ndarray]) -> list[IntentScores]:
+        state, probabilities, nearest = output
+        threshold = state.scope.threshold if state.scope else -np.inf
+        return [IntentScores(row, bool(similarity < threshold), state.labels)
+                for row, similarity in zip(probabilities, nearest, strict=True)]
 
 
 class CheckpointAdapter(SpecAdapter):

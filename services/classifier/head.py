@@ -24,10 +24,13 @@ IN_SCOPE_RETENTION = 0.95
 
 @dataclass
 class IntentScores:
-    """A text's calibrated probability per label, and whether it lies beyond every intent's examples."""
+    """A text's calibrated probability per label, and whether it lies beyond every intent's examples; `labels`
+    names the probabilities when the labels can change while serving (a reloaded example file), else None
+    (the model's labels)."""
 
     probabilities: np.ndarray
     beyond_intents: bool = False
+    labels: tuple[str, ...] | None = None
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """ClassifierService: intents with calibrated confidences, complexity and suggested techniques."""
 
 import asyncio
+import dataclasses
+import logging
 import time
 
 import numpy as np
@@ -11,9 +13,12 @@ from services.classifier.head import IntentScores
 from services.classifier.settings import ClassifierSettings
 from services.embedding.adapter import EmbeddingAdapter
 from services.runtime.adapter import ModelSpec
+from services.runtime.fingerprint import fingerprint
 from services.runtime.servicer import ModelServicer, timing
 from services.runtime.validation import validate_model_name, validate_texts
 from torchgate.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TOP_K = 3
 OUT_OF_SCOPE_DESCRIPTION = ("None of the intents applies: the text is farther from every intent's examples than "
@@ -40,13 +45,16 @@ class ClassifierServicer(ModelServicer, classifier_pb2_grpc.ClassifierServiceSer
         texts = list(request.texts)
         validate_texts(texts, self.settings.max_items_per_request, self.settings.max_chars_per_item)
         validate_model_name(request.model, model)
-        real = [i for i, label in enumerate(model.labels) if label != self.out_of_scope]
-        top_k = min(request.top_k or DEFAULT_TOP_K, len(real))
+        # Read together on the event loop, where a reload swaps them together (reload below).
+        head, fingerprint = self._serving_head(), model.fingerprint
         outcome = await self.run_batched(texts, context)
+        if any(scores.labels is not None and scores.labels is not head for scores in outcome.results):
+            fingerprint = ""  # computed across a reload: the reply names no one head, and no cache keeps it
         tokens = sum(outcome.token_counts)
         # Complexity scoring reads every character of every text: off the event loop, like the model.
         results = await asyncio.to_thread(
-            lambda: [self._classification(text, scores, model.labels, real, top_k, request.force_intent)
+            lambda: [self._classification(text, scores, scores.labels or model.labels, request.top_k,
+                                          request.force_intent)
                      for text, scores in zip(texts, outcome.results, strict=True)])
         return classifier_pb2.ClassifyResponse(
             results=results,
@@ -54,13 +62,35 @@ class ClassifierServicer(ModelServicer, classifier_pb2_grpc.ClassifierServiceSer
             usage=common_pb2.Usage(prompt_tokens=tokens, total_tokens=tokens),
             timing=timing(outcome, started),
             input_tokens=outcome.token_counts,
-            fingerprint=model.fingerprint,
+            fingerprint=fingerprint,
         )
 
-    def _classification(self, text: str, scores: IntentScores, labels: list[str], real: list[int], top_k: int,
+    def _serving_head(self) -> tuple[str, ...] | None:
+        """The labels of the few-shot head serving now (each head's own tuple), None for other backends."""
+        return self.adapter.state.labels if isinstance(self.adapter, FewShotAdapter) else None
+
+    async def reload(self) -> None:
+        """SIGHUP: learn the example file again off the serving path, then swap head, labels and fingerprint
+        at once; requests in flight finish on the head they started with. A file that does not load changes
+        nothing (the log says why)."""
+        if not isinstance(self.adapter, FewShotAdapter) or self.model is None:
+            return
+        try:
+            state = await asyncio.to_thread(self.adapter.learn)
+            learned = dataclasses.replace(self.model, labels=list(state.labels))
+            learned.fingerprint = await asyncio.to_thread(fingerprint, learned)
+        except Exception as error:  # the operator's file: whatever is wrong with it, the old head serves on
+            log.error("example file %s not reloaded, the previous intents stay: %s", self.settings.examples,
+                      str(error).replace("\n", "; ")[:500])
+            return
+        self.adapter.state, self.model = state, learned
+        log.info("example file reloaded", extra={"intents": len(state.labels), "fingerprint": learned.fingerprint})
+
+    def _classification(self, text: str, scores: IntentScores, labels: list[str], top_k: int,
                         force_intent: bool) -> classifier_pb2.Classification:
         probabilities = scores.probabilities
-        best = sorted(real, key=lambda i: -probabilities[i])[:top_k]
+        real = [i for i, label in enumerate(labels) if label != self.out_of_scope]
+        best = sorted(real, key=lambda i: -probabilities[i])[:min(top_k or DEFAULT_TOP_K, len(real))]
         predicted = labels[int(np.argmax(probabilities))]
         beyond = self.out_of_scope and not force_intent and (scores.beyond_intents or predicted == self.out_of_scope)
         intent = self.out_of_scope if beyond else labels[best[0]]

@@ -37,6 +37,9 @@ class WorkerServicer:
     async def drain(self, timeout: float) -> None:
         """Finish queued work within `timeout` after the server stopped taking requests."""
 
+    async def reload(self) -> None:
+        """SIGHUP: read again what the worker reads from files besides its model (nothing, by default)."""
+
 
 class ModelServicer(WorkerServicer):
     """A servicer backed by a ModelAdapter behind a DynamicBatcher; serves the shared `Info` RPC."""

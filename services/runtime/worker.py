@@ -146,7 +146,8 @@ CONFIGURATION_ERRORS = (ModelNotFound, DeviceError)
 
 
 def run_worker(build: Callable[[S], WorkerServicer], settings_class: type[S]) -> None:
-    """Entry point of a worker process: configure, serve until SIGTERM/SIGINT, drain, exit."""
+    """Entry point of a worker process: configure, serve until SIGTERM/SIGINT (SIGHUP: servicer.reload()),
+    drain, exit."""
     settings = settings_class()
     configure_logging(settings.log_level, settings.log_format)
     # Weights come from disk only; a hub lookup would hang or fail without the network.
@@ -171,6 +172,15 @@ async def _serve(servicer: WorkerServicer, settings: WorkerSettings, tracing: bo
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_requested.set)
+    reloads: set[asyncio.Task] = set()
+
+    def reload() -> None:
+        if worker.loading.done():
+            task = asyncio.ensure_future(servicer.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     stopping = asyncio.create_task(stop_requested.wait())
     await asyncio.wait({worker.loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if worker.loading.done() and not worker.loading.cancelled() and worker.loading.exception():

@@ -56,27 +56,28 @@ class Service:
             self.process.wait(10)
 
 
-def start_embedding_worker(log_dir: Path, port: int = 0, host: str = "127.0.0.1", env: dict[str, str] | None = None,
-                           **settings: str) -> tuple[Service, int]:
-    """An embedding worker on `host`:`port` (0: a free one), and the port it bound; `env` adds variables."""
-    name = f"embedding-{next(_started)}"
+def start_worker(log_dir: Path, port: int = 0, host: str = "127.0.0.1", env: dict[str, str] | None = None,
+                           kind: str = "embedding", **settings: str) -> tuple[Service, int]:
+    """A worker of `kind` (embedding by default) on `host`:`port` (0: a free one), and the port it bound;
+    `env` adds variables."""
+    name = f"{kind}-{next(_started)}"
     port_file = log_dir / f"{name}.port"
-    env = {"TORCHGATE_EMBEDDING_HOST": host, "TORCHGATE_EMBEDDING_PORT": str(port),
-           "TORCHGATE_EMBEDDING_PORT_FILE": str(port_file),
-           "TORCHGATE_EMBEDDING_METRICS_PORT": "0", "TORCHGATE_LOG_FORMAT": "text",
-           "TORCHGATE_EMBEDDING_GRACE_PERIOD_S": "10", "TORCHGATE_EMBEDDING_DEVICE": "cpu",
-           **{f"TORCHGATE_EMBEDDING_{k.upper()}": v for k, v in settings.items()}, **(env or {})}
-    service = Service("services.embedding", env, log_dir / f"{name}.log", port_file)
+    prefix = f"TORCHGATE_{kind.upper()}_"
+    env = {f"{prefix}HOST": host, f"{prefix}PORT": str(port), f"{prefix}PORT_FILE": str(port_file),
+           f"{prefix}METRICS_PORT": "0", "TORCHGATE_LOG_FORMAT": "text", f"{prefix}GRACE_PERIOD_S": "10",
+           f"{prefix}DEVICE": "cpu", **{f"{prefix}{k.upper()}": v for k, v in settings.items()}, **(env or {})}
+    service = Service(f"services.{kind}", env, log_dir / f"{name}.log", port_file)
     return service, service.bound_port()
 
 
 _started = itertools.count(1)
 
 
-def wait_serving(*ports: int, host: str = "127.0.0.1", timeout: float = 180) -> None:
+def wait_serving(*ports: int, host: str = "127.0.0.1", timeout: float = 180,
+                 service: str = "torchgate.v1.EmbeddingService") -> None:
     give_up = time.monotonic() + timeout
     for port in ports:
-        while check(f"{host}:{port}", "torchgate.v1.EmbeddingService", timeout=1) != "SERVING":
+        while check(f"{host}:{port}", service, timeout=1) != "SERVING":
             assert time.monotonic() < give_up, f"worker on {host}:{port} did not become SERVING"
             time.sleep(0.3)
 

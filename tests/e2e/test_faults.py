@@ -8,7 +8,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from tests.e2e.processes import closed_loop, p99_ms, report, start_embedding_worker, start_gateway, wait_serving
+from tests.e2e.processes import closed_loop, p99_ms, report, start_gateway, start_worker, wait_serving
 
 DEADLINE_S = 4.0
 RESET_S = 2.0
@@ -19,7 +19,7 @@ def services(tmp_path):
     started = []
 
     def keep(started_service):
-        """Stop it at teardown; takes a Service or start_embedding_worker's (Service, port)."""
+        """Stop it at teardown; takes a Service or start_worker's (Service, port)."""
         started.append(started_service[0] if isinstance(started_service, tuple) else started_service)
         return started_service
 
@@ -47,7 +47,7 @@ def breaker(url: str) -> str:
 
 async def test_kill_9_under_32_callers_answers_everyone_opens_the_breaker_and_recovers(services):
     keep, logs = services
-    worker, port = keep(start_embedding_worker(logs))
+    worker, port = keep(start_worker(logs))
     wait_serving(port)
     _, url = start_gateway([port], logs, breaker_reset_s=str(RESET_S))
     keep(_)
@@ -65,7 +65,7 @@ async def test_kill_9_under_32_callers_answers_everyone_opens_the_breaker_and_re
     assert fast_fails and all(a.retry_after for a in fast_fails)
     assert p99_ms(fast_fails) < 1000, "answers while the breaker is open must be immediate"
 
-    keep(start_embedding_worker(logs, port))
+    keep(start_worker(logs, port))
     restarted_at = time.monotonic()
     wait_serving(port)
     recovered = await wait_for_200(url, 60)
@@ -79,7 +79,7 @@ async def test_kill_9_under_32_callers_answers_everyone_opens_the_breaker_and_re
 
 async def test_a_stalled_worker_gives_504_within_the_deadline_opens_the_breaker_and_recovers(services):
     keep, logs = services
-    worker, port = keep(start_embedding_worker(logs))
+    worker, port = keep(start_worker(logs))
     wait_serving(port)
     gateway, url = start_gateway([port], logs, breaker_reset_s=str(RESET_S))
     keep(gateway)
@@ -99,7 +99,7 @@ async def test_a_stalled_worker_gives_504_within_the_deadline_opens_the_breaker_
 
 async def test_an_overloaded_worker_answers_429_and_keeps_serving(services):
     keep, logs = services
-    _, port = keep(start_embedding_worker(logs, max_queue_items="8", max_batch_size="4"))
+    _, port = keep(start_worker(logs, max_queue_items="8", max_batch_size="4"))
     wait_serving(port)
     gateway, url = start_gateway([port], logs)
     keep(gateway)
@@ -114,7 +114,7 @@ async def test_an_overloaded_worker_answers_429_and_keeps_serving(services):
 
 async def test_sigterm_drains_in_flight_work_while_the_other_replica_takes_new_requests(services):
     keep, logs = services
-    (draining, first), (_, second) = keep(start_embedding_worker(logs)), keep(start_embedding_worker(logs))
+    (draining, first), (_, second) = keep(start_worker(logs)), keep(start_worker(logs))
     ports = [first, second]
     wait_serving(*ports)
     gateway, url = start_gateway(ports, logs)
@@ -133,7 +133,7 @@ async def test_sigterm_drains_in_flight_work_while_the_other_replica_takes_new_r
 
 async def test_losing_one_of_two_replicas_costs_at_most_the_in_flight_requests(services):
     keep, logs = services
-    (victim, first), (_, second) = keep(start_embedding_worker(logs)), keep(start_embedding_worker(logs))
+    (victim, first), (_, second) = keep(start_worker(logs)), keep(start_worker(logs))
     ports = [first, second]
     wait_serving(*ports)
     gateway, url = start_gateway(ports, logs)

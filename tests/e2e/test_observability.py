@@ -9,7 +9,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.processes import start_embedding_worker, start_gateway, wait_serving
+from tests.e2e.processes import start_gateway, start_worker, wait_serving
 from tests.network import refusing_port
 from tests.otlp import otlp_receiver
 
@@ -21,7 +21,7 @@ def traced(tmp_path):
     with otlp_receiver() as (receiver, port):
         telemetry = {"TORCHGATE_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "TORCHGATE_LOG_FORMAT": "json",
                      "OTEL_BSP_SCHEDULE_DELAY": "100"}
-        worker, worker_port = start_embedding_worker(tmp_path, env={**telemetry, "TORCHGATE_LOG_LEVEL": "DEBUG"})
+        worker, worker_port = start_worker(tmp_path, env={**telemetry, "TORCHGATE_LOG_LEVEL": "DEBUG"})
         gateway = None
         try:
             wait_serving(worker_port)

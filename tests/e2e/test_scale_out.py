@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.dns import dns_server
-from tests.e2e.processes import Service, closed_loop, report, start_embedding_worker, start_gateway, wait_serving
+from tests.e2e.processes import Service, closed_loop, report, start_gateway, start_worker, wait_serving
 from tests.network import released_port
 
 NAME = "embedding.scale-out.test"
@@ -38,7 +38,7 @@ class Replicas:
         hosts = [f"127.0.0.{self._next_host + i}" for i in range(count)]
         self._next_host += count
         for host in hosts:
-            self.running[host], _ = start_embedding_worker(
+            self.running[host], _ = start_worker(
                 self.logs, self.port, host, metrics_port=str(self.metrics_port), max_connection_age_s=CONNECTION_AGE_S,
                 max_connection_age_grace_s=CONNECTION_AGE_S, grace_period_s="5")
         for host in hosts:

@@ -136,3 +136,66 @@ async def test_concurrent_requests_get_their_own_answers(default_classifier):
     texts = ["Summarize this article in two sentences", "Hi, how are you?", "Plan a week in Rome for me"]
     replies = await asyncio.gather(*(classify(default_classifier, [t]) for t in texts * 4))
     assert [r.results[0].intent for r in replies] == ["summarization", "conversation", "task_planning"] * 4
+
+
+async def test_a_reloaded_example_file_serves_its_new_intent_with_no_failed_request_on_the_way(tmp_path):
+    """SIGHUP's reload (servicer.reload) under a closed loop of requests: none fails, and afterwards Info,
+    ListIntents and Classify know the new intent; the fingerprint changes with the file."""
+    examples = tmp_path / "intents.jsonl"
+
+    def write(intents: dict[str, list[str]]) -> None:
+        examples.write_text("\n".join(json.dumps({"text": text, "intent": intent})
+                                      for intent, texts in intents.items() for text in texts))
+
+    first_intents = {name: texts for name, texts in CUSTOM_INTENTS.items() if name != "book_flight"}
+    write(first_intents)
+    worker = await serve(examples=examples)
+    try:
+        before = await info(worker)
+        assert "book_flight" not in before.labels
+        write(CUSTOM_INTENTS)
+        stop = asyncio.Event()
+        answered: list[classifier_pb2.ClassifyResponse] = []
+
+        async def caller() -> None:
+            while not stop.is_set():
+                answered.append(await classify(worker, list(HELD_OUT)))
+
+        callers = [asyncio.create_task(caller()) for _ in range(4)]
+        await asyncio.sleep(0.5)
+        await worker.servicer.reload()
+        await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.gather(*callers)  # any failed call would raise here
+        after = await info(worker)
+        async with worker_channel(worker.port) as channel:
+            listed = await classifier_pb2_grpc.ClassifierServiceStub(channel).ListIntents(
+                classifier_pb2.ListIntentsRequest())
+        reply = await classify(worker, list(HELD_OUT))
+    finally:
+        await worker.stop(0)
+    assert len(answered) > 4
+    assert "book_flight" in after.labels and "book_flight" in {intent.name for intent in listed.intents}
+    assert after.fingerprint != before.fingerprint
+    assert [r.intent for r in reply.results] == list(HELD_OUT.values())
+    assert reply.fingerprint == after.fingerprint
+    # Replies name the fingerprint of the head that computed them, or none when a reload fell in between.
+    assert {r.fingerprint for r in answered} <= {before.fingerprint, after.fingerprint, ""}
+
+
+async def test_an_example_file_that_does_not_load_keeps_the_old_intents(tmp_path, caplog):
+    examples = tmp_path / "intents.jsonl"
+    examples.write_text("\n".join(json.dumps({"text": text, "intent": intent})
+                                  for intent, texts in CUSTOM_INTENTS.items() for text in texts))
+    worker = await serve(examples=examples)
+    try:
+        before = await info(worker)
+        examples.write_text("{not json")
+        await worker.servicer.reload()
+        after = await info(worker)
+        reply = await classify(worker, list(HELD_OUT))
+    finally:
+        await worker.stop(0)
+    assert after.labels == before.labels and after.fingerprint == before.fingerprint
+    assert "not reloaded" in caplog.text
+    assert [r.intent for r in reply.results] == list(HELD_OUT.values())

@@ -59,10 +59,10 @@ async def test_forcing_an_intent_returns_a_real_one_and_top_lists_only_real_inte
 
 async def test_the_threshold_comes_from_the_file_alone_reproducibly(banking, tmp_path):
     worker, _ = banking
-    first = worker.servicer.adapter.scope
+    first = worker.servicer.adapter.state.scope
     again = await serve(DATA / "banking_intents.yaml")
     try:
-        assert again.servicer.adapter.scope == first
+        assert again.servicer.adapter.state.scope == first
     finally:
         await again.stop(0)
     assert 0 < first.threshold < 1 and first.in_scope_accuracy >= 0.95, first
