@@ -61,6 +61,10 @@ class Alias(BaseModel):
             raise ValueError("an alias names each model once")
         return self
 
+    def models(self) -> list[str]:
+        """Every model the alias sends requests to: its versions, then its shadow."""
+        return [version.model for version in self.versions] + ([self.shadow.model] if self.shadow else [])
+
 
 class RoutesFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -72,7 +76,7 @@ class RoutesFile(BaseModel):
         for name, alias in self.aliases.items():
             if PIN_SEPARATOR in name:
                 raise ValueError(f"alias {name!r}: {PIN_SEPARATOR!r} is for pinning a version; rename it")
-            for model in [version.model for version in alias.versions] + ([alias.shadow.model] if alias.shadow else []):
+            for model in alias.models():
                 if model in self.aliases:
                     raise ValueError(f"alias {name!r} names the alias {model!r}: versions and shadows are served "
                                      "models, never aliases (no loops)")
@@ -91,8 +95,7 @@ def routes_loader(served: Callable[[], set[str] | None]) -> Callable[[str], "Rou
             for alias_name, alias in routes.aliases.items():
                 if alias_name in names:
                     raise ValueError(f"alias {alias_name!r} is also a served model's name: rename the alias")
-                models = [version.model for version in alias.versions] + ([alias.shadow.model] if alias.shadow else [])
-                unknown = [model for model in models if model not in names]
+                unknown = [model for model in alias.models() if model not in names]
                 if unknown:
                     raise ValueError(f"alias {alias_name!r} names models nobody serves: {', '.join(unknown)}")
         return Routing(routes)
