@@ -42,7 +42,7 @@ def _is_json(content_type: bytes) -> bool:
 class EdgeMiddleware:
     def __init__(self, app, max_body_bytes: int, routes: frozenset[str], tenants: TenantGate,
                  open_paths: frozenset[str], json_routes: dict[str, JsonRoute],
-                 quiet_paths: frozenset[str] = frozenset()):
+                 quiet_paths: frozenset[str] = frozenset(), raw_body_prefixes: tuple[str, ...] = ()):
         self.app = app
         self.json_routes = json_routes
         self.quiet_paths = quiet_paths
@@ -50,6 +50,7 @@ class EdgeMiddleware:
         self.routes = routes
         self.tenants = tenants
         self.open_paths = open_paths
+        self.raw_body_prefixes = raw_body_prefixes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -135,7 +136,8 @@ class EdgeMiddleware:
                 return ApiError(413, "request_too_large",
                                 f"the request body has {int(length)} bytes; the limit is {self.max_body_bytes}")
             content_type = fields.get(b"content-type")
-            if content_type is not None and not _is_json(content_type):
+            if (content_type is not None and not _is_json(content_type)
+                    and not scope["path"].startswith(self.raw_body_prefixes)):
                 return ApiError(415, "unsupported_media_type", "send the body as JSON: Content-Type: application/json")
         return None
 

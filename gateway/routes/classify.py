@@ -68,7 +68,7 @@ MERGE_TEXTS = Mergeable("texts", _classify_reply_part)
 TOKENS = struct.Struct("<I")
 
 
-async def _classify(request: Request, texts: list[str], field: str, top_k: int = 0, model: str = "",
+async def classify_texts(request: Request, texts: list[str], field: str, top_k: int = 0, model: str = "",
                     timeout: float | None = None,
                     force_intent: bool = False) -> tuple[classifier_pb2.ClassifyResponse, CacheOutcome]:
     """The classifications of `texts`, through the response cache, and what the cache answered. Mirrored to
@@ -155,7 +155,7 @@ def _better_prompts(result: classifier_pb2.Classification, reply: classifier_pb2
 @router.post("/v1/classify", response_class=JSONResponse)
 async def classify(body: ClassifyRequest, request: Request):
     field, texts = ("text", [body.text]) if "text" in body.model_fields_set else ("texts", body.texts)
-    reply, cached = await _classify(request, texts, field, body.top_k or 0, body.model or "", body.timeout,
+    reply, cached = await classify_texts(request, texts, field, body.top_k or 0, body.model or "", body.timeout,
                                     body.force_intent)
     return JSONResponse({"results": [_result(r) for r in reply.results], "model": reply.model,
                          "usage": {"total_tokens": reply.usage.total_tokens}}, headers=cached.headers())
@@ -163,7 +163,7 @@ async def classify(body: ClassifyRequest, request: Request):
 
 @router.post("/api/v1/intents/classify", response_class=JSONResponse)
 async def classify_one(body: BetterPromptsRequest, request: Request):
-    reply, cached = await _classify(request, [body.text], "text", force_intent=body.force_intent)
+    reply, cached = await classify_texts(request, [body.text], "text", force_intent=body.force_intent)
     return JSONResponse(_better_prompts(reply.results[0], reply), headers=cached.headers())
 
 
@@ -172,7 +172,7 @@ async def classify_batch(body: BetterPromptsBatchRequest, request: Request):
     if len(body.texts) > MAX_BATCH:
         raise ApiError(413, "request_too_large",
                        f"texts has {len(body.texts)} items; at most {MAX_BATCH} per batch: split the request")
-    reply, cached = await _classify(request, body.texts, "texts", force_intent=body.force_intent)
+    reply, cached = await classify_texts(request, body.texts, "texts", force_intent=body.force_intent)
     return JSONResponse({"results": [_better_prompts(r, reply) for r in reply.results]}, headers=cached.headers())
 
 
