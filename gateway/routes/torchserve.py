@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel
 from starlette.responses import Response
 
-from gateway.contract import clip
+from gateway.contract import _valid_unicode, clip
 from gateway.dependencies import account, model_pool
 from gateway.errors import ApiError
 from gateway.responses import JSONResponse
@@ -119,11 +119,18 @@ async def _texts(request: Request) -> tuple[Any, bool]:
             raise ApiError(400, "invalid_request_error",
                            f"send the input as a text, a list of texts, or an object with one of {INPUT_FIELDS}")
         value = value[field]
-    if isinstance(value, str):
-        return [value], True
-    if isinstance(value, list) and value and all(isinstance(item, str) and item.strip() for item in value):
-        return value, False
-    raise ApiError(400, "invalid_request_error", "the input must be a non-empty text or a list of non-empty texts")
+    texts, single = ([value], True) if isinstance(value, str) else (value, False)
+    if not isinstance(texts, list) or not texts or not all(isinstance(item, str) and item.strip() for item in texts):
+        raise ApiError(400, "invalid_request_error", "the input must be a non-empty text or a list of non-empty texts")
+    return [valid_text(text) for text in texts], single
+
+
+def valid_text(text: str) -> str:
+    """The contract's Unicode rule (gateway/contract.py) as a 400."""
+    try:
+        return _valid_unicode(text)
+    except ValueError as error:
+        raise ApiError(400, "invalid_request_error", str(error)) from None
 
 
 async def predict(request: Request, model: str, instances: Any, single: bool) -> Any:
@@ -137,6 +144,7 @@ async def predict(request: Request, model: str, instances: Any, single: bool) ->
         if not isinstance(query, str) or not query.strip() or not documents or not all(
                 isinstance(document, str) and document.strip() for document in documents):
             raise ApiError(400, "invalid_request_error", "`query` must be a text and `documents` a list of texts")
+        query, documents = valid_text(query), [valid_text(document) for document in documents]
         ranked = await rank(request, client, query, documents, model=routed, top_n=None)
         account(request, ranked.model, ranked.tokens)
         return [{"index": index, "score": score, "document": documents[index]} for index, score in ranked.results]

@@ -84,6 +84,7 @@ async def test_a_reranker_takes_query_and_documents(fake_reranking_worker):
     ("/predictions/fake-model", b'{"text": ', 400, "BadRequestException"),
     ("/predictions/fake-model/9.9", b'"hi"', 404, "ModelNotFoundException"),
     ("/predictions/test/fake-model", b'"hi"', 404, "ModelNotFoundException"),
+    ("/predictions/fake-model", b'["\\ud800"]', 400, "BadRequestException"),
 ])
 async def test_bad_input_gets_torchserves_error_shape(mesh, path, body, status, kind):
     reply = await mesh.post(path, content=body, headers={"Content-Type": "application/json"})
@@ -98,3 +99,13 @@ async def test_every_pool_healthy_is_a_healthy_ping(mesh):
 async def test_kserve_errors_are_its_own_shape(mesh):
     reply = await mesh.post("/v1/models/nobody:predict", json={"instances": ["x"]})
     assert reply.status_code == 404 and set(reply.json()) == {"error"}
+
+
+async def test_one_tasks_hostile_inputs_are_refused_in_torchserves_shape(fake_embedding_worker, fake_reranking_worker):
+    async with gateway_client(f"127.0.0.1:{fake_embedding_worker.port}") as client:
+        too_many = await client.post("/predictions/fake-model", json=["x"] * 5000)
+    async with gateway_client(unused_address(), reranking=f"127.0.0.1:{fake_reranking_worker.port}") as client:
+        surrogate = await client.post("/predictions/fake-model", content=b'{"query": "\\ud800", "documents": ["a"]}',
+                                      headers={"Content-Type": "application/json"})
+    assert too_many.status_code == 422 and too_many.json()["code"] == 422 and "split" in too_many.json()["message"]
+    assert surrogate.status_code == 400 and "surrogate" in surrogate.json()["message"]
