@@ -133,9 +133,8 @@ def valid_text(text: str) -> str:
         raise ApiError(400, "invalid_request_error", str(error)) from None
 
 
-async def predict(request: Request, model: str, instances: Any, single: bool) -> Any:
+async def predict(request: Request, model: str, task: str, instances: Any, single: bool) -> Any:
     """One prediction per input, in the shape TorchServe's default handlers answer."""
-    task = _task_of(request, model)
     client, routed = model_pool(request, task, model)
     if task == "reranking":
         if not isinstance(instances, dict) or not isinstance(instances.get("documents"), list):
@@ -173,8 +172,9 @@ async def ping(request: Request):
 async def predictions(model: str, request: Request) -> Response:
     """TorchServe's inference API: a raw text, a JSON text/list/object, or a multipart `data` field."""
     try:
+        task = _task_of(request, model)  # an unknown model is a 404 whatever the body
         instances, single = await _texts(request)
-        return JSONResponse(await predict(request, model, instances, single))
+        return JSONResponse(await predict(request, model, task, instances, single))
     except ApiError as error:
         return _torchserve_error(error)
 
@@ -191,8 +191,9 @@ async def versioned_predictions(model: str, version: str, request: Request) -> R
 async def kserve_predict(model: str, request: Request) -> Response:
     """KServe v1: `{"instances": [...]}` in, `{"predictions": [...]}` out (one per instance)."""
     try:
+        task = _task_of(request, model)
         instances, _ = await _texts(request)
-        predictions = await predict(request, model, instances, single=False)
+        predictions = await predict(request, model, task, instances, single=False)
         return JSONResponse({"predictions": predictions})
     except ApiError as error:
         return JSONResponse({"error": error.message}, status_code=error.status)
