@@ -1,8 +1,9 @@
 """`make bench`: start the mesh, load it from separate processes, print one table, write a JSON report.
 
 For each scenario: (1) two in-process ceilings at their best batch size: fp32 (what sentence-transformers
-users get by default) and the best in-process run (the faster of fp32 and bf16 autocast where the CPU has
-native bf16), each the faster of a run before the mesh starts and one after it stops (a shared machine's
+users get by default) and the best in-process run (the fastest of fp32, bf16 autocast where the CPU has
+native bf16, and sentence-transformers' OpenVINO backend), each the faster of a run before the mesh starts and
+one after it stops (a shared machine's
 speed drifts by more than the differences measured here), (2) direct
 gRPC to the worker (closed-loop Python grpc.aio client), (3) REST through the gateway (wrk, a native
 client), as items/s with p50/p99 latency and the served ratios against both ceilings; plus the dtype each
@@ -34,7 +35,7 @@ from tests.otlp import otlp_receiver
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_WORKERS = ("gpu", "embedding", "reranking", "classifier")
-SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "openvino": "ov"}
 
 
 def run_json(command: list[str], env: dict | None = None, marker: str = "") -> dict:
@@ -79,9 +80,10 @@ class Mesh:
         return self
 
     def dtypes(self) -> dict[str, str]:
-        """The dtype each model worker chose, and why (from /v1/models)."""
+        """The backend and dtype each model worker chose, and why (from /v1/models)."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['gateway']}/v1/models", timeout=10) as reply:
-            return {model["task"]: f"{model['dtype']} ({model['dtype_reason']})"
+            return {model["task"]: f"{model['backend']} {model['dtype']} ({model['backend_reason']}; "
+                                   f"{model['dtype_reason']})"
                     for model in json.load(reply)["data"]}
 
     def __exit__(self, *exc):
@@ -194,7 +196,7 @@ def main() -> None:
     names = args.scenarios.split(",")
 
     machine = describe_machine()
-    modes = ("fp32", "bf16") if cpu_bf16_flags() else ("fp32",)
+    modes = ("fp32", "bf16", "openvino") if cpu_bf16_flags() else ("fp32", "openvino")
     before = {name: in_process_runs(name, args.corpus, modes) for name in names}
     loads = []
     with Mesh() as mesh:

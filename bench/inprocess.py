@@ -1,7 +1,8 @@
 """The in-process ceiling: the model called directly, at its best batch size. Prints one JSON line.
 
-`python -m bench.inprocess SCENARIO COUNT fp32|bf16`: `fp32` is what users get from sentence-transformers by
-default; `bf16` runs under bf16 autocast where the CPU computes bf16 natively (fp32 elsewhere).
+`python -m bench.inprocess SCENARIO COUNT fp32|bf16|openvino`: `fp32` is what users get from sentence-transformers
+by default; `bf16` runs under bf16 autocast where the CPU computes bf16 natively (fp32 elsewhere); `openvino` is
+sentence-transformers with `backend="openvino"` (bench/scenarios.py, on_openvino).
 """
 
 import json
@@ -15,6 +16,8 @@ from services.runtime.precision import Precision, cpu_bf16_flags
 
 
 def precision_for(mode: str) -> tuple[str, object]:
+    if mode == "openvino":
+        return "openvino", nullcontext()
     if mode == "bf16" and cpu_bf16_flags():
         import torch
 
@@ -25,7 +28,7 @@ def precision_for(mode: str) -> tuple[str, object]:
 def main() -> None:
     name, count, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     scenario = SCENARIOS[name]
-    run = scenario.in_process()
+    run = scenario.in_process("openvino" if mode == "openvino" else "torch")
     items = scenario.items(build_corpus(count))
     dtype, context = precision_for(mode)
     best = None

@@ -23,7 +23,7 @@ class Scenario:
     batch_sizes: tuple[int, ...]
     loads: tuple[tuple[int, int], ...]
     items: Callable[[list[str]], list]
-    in_process: Callable[[], Callable[[list, int], object]]
+    in_process: Callable[[str], Callable[[list, int], object]]  # by backend: torch or openvino
     grpc_method: Callable[[object], Callable]
     grpc_requests: Callable[[list[str], int], list]
     rest_bodies: Callable[[list[str], int], list[bytes]]
@@ -34,12 +34,38 @@ def _chunks(corpus: list[str], size: int) -> list[list[str]]:
     return [corpus[i:i + size] for i in range(0, len(corpus) - size + 1, size)]
 
 
-def _embedding_in_process():
+def on_openvino(model) -> None:
+    """Make a SentenceTransformer compute its transformer with OpenVINO, as `backend="openvino"` does.
+
+    That backend is optimum-intel's OVModelForFeatureExtraction: the Hugging Face model converted to OpenVINO,
+    compiled for the CPU with its defaults (the latency hint, bf16 where the CPU has it natively) and called on
+    sentence-transformers' own padded, length-sorted batches. optimum-intel 2.2 needs transformers < 5.6 and a
+    CUDA torch, so the bench builds the same thing with OpenVINO itself.
+    """
+    import openvino
+    import torch
+
+    transformer = model[0]
+    example = {k: v for k, v in transformer.preprocess(["an example text"]).items() if isinstance(v, torch.Tensor)}
+    converted = openvino.convert_model(transformer.model, example_input=example)
+    request = openvino.Core().compile_model(converted, "CPU", {"PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
+    names = [port.get_any_name() for port in converted.inputs]
+
+    def forward(features: dict, **kwargs) -> dict:
+        states = request.infer({name: features[name].numpy() for name in names})[0]
+        return {**features, "token_embeddings": torch.from_numpy(states)}
+
+    transformer.forward = forward
+
+
+def _embedding_in_process(backend: str = "torch"):
     from sentence_transformers import SentenceTransformer
 
     from services.runtime.models import resolve_model
 
     model = SentenceTransformer(str(resolve_model("sentence-transformers/all-MiniLM-L6-v2")), device="cpu")
+    if backend == "openvino":
+        on_openvino(model)
     return lambda texts, batch_size: model.encode(texts, batch_size=batch_size, normalize_embeddings=True)
 
 
@@ -49,11 +75,11 @@ def _rerank_groups(corpus: list[str], documents: int) -> list[tuple[str, list[st
     return [(corpus[i], corpus[i + 1:i + step]) for i in range(0, len(corpus) - step + 1, step)]
 
 
-def _rerank_in_process():
+def _rerank_in_process(backend: str = "torch"):
     """The served default without a cross-encoder offline: cosine of MiniLM embeddings, each text once."""
     import numpy as np
 
-    encode = _embedding_in_process()
+    encode = _embedding_in_process(backend)
 
     def score(pairs: list[tuple[str, str]], batch_size: int):
         texts = list(dict.fromkeys(text for pair in pairs for text in pair))
@@ -63,7 +89,7 @@ def _rerank_in_process():
     return score
 
 
-def _classify_in_process():
+def _classify_in_process(backend: str = "torch"):
     """The few-shot classifier's own parts: sorted `encode` at the given batch size, then the trained head."""
     import torch
 
@@ -71,11 +97,13 @@ def _classify_in_process():
     from services.classifier.settings import ClassifierSettings
     from services.runtime.device import available_cores
 
-    adapter = build(ClassifierSettings()).adapter
+    adapter = build(ClassifierSettings(inference_backend="torch")).adapter
     adapter.load()
     # load() sized torch's pool for one device stream of a served worker; users in-process have every core.
     torch.set_num_threads(available_cores())
     encoder = adapter.embedding.model
+    if backend == "openvino":
+        on_openvino(encoder)
     return lambda texts, batch_size: adapter.head.probabilities(encoder.encode(texts, batch_size=batch_size))
 
 

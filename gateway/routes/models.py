@@ -24,7 +24,8 @@ async def list_models(request: Request):
         {
             "id": info.model_id, "object": "model", "created": 0, "owned_by": "torchgate",
             "task": MODEL_TASKS[task], "upstream": pool.name, "device": info.device, "dtype": info.dtype,
-            "dtype_reason": info.dtype_reason or None,
+            "dtype_reason": info.dtype_reason or None, "backend": info.backend or None,
+            "backend_reason": info.backend_reason or None,
             "max_input_tokens": info.max_input_tokens, "dimension": info.dimension or None,
             "labels": list(info.labels) or None, "prompts": dict(info.prompts) or None,
             "fallback": info.fallback_reason or None, "stands_in_for": info.stands_in_for or None,

@@ -122,11 +122,9 @@ class CheckpointAdapter(SpecAdapter):
         self.classification = SequenceClassification(model, tokenizer, self.max_tokens, device,
                                                      self.spec.pack_length, precision)
         self.packs_sequences = self.classification.packs_sequences
-        self.settle_precision(lambda: self.forward(self.preprocess(SELF_CHECK_BATCH)), score_agreement)
-        self.trace_encoder(self.classification.encoder, lambda texts: self.preprocess(texts).features)
-        return ModelDescription(model_id=self.model_id, model_path=str(path), device=device,
-                                dtype=self.precision.name, dtype_reason=self.precision.reason,
-                                max_input_tokens=self.max_tokens, labels=list(self.labels))
+        self.settle(self.classification.encoder, lambda: self.forward(self.preprocess(SELF_CHECK_BATCH)),
+                    score_agreement, lambda texts: self.preprocess(texts).features)
+        return self.describe(max_input_tokens=self.max_tokens, labels=list(self.labels))
 
     def intents(self) -> list[tuple[str, str, int]]:
         return [(label, "", 0) for label in self.labels]

@@ -39,15 +39,13 @@ class EmbeddingAdapter(SpecAdapter):
         self.encoder = PackedEncoder(self.model[0].auto_model, self.device) if self.packs_sequences else None
         self.normalizes = any(type(module).__name__ == "Normalize" for module in self.model)
         self._pin = self.device.startswith("cuda") and torch.cuda.is_available()
-        self.settle_precision(lambda: self.forward(self.preprocess(SELF_CHECK_BATCH)), cosine_agreement)
-        self.trace_encoder(self.encoder, lambda texts: self.preprocess(texts).features)
+        self.settle(self.encoder, lambda: self.forward(self.preprocess(SELF_CHECK_BATCH)), cosine_agreement,
+                    lambda texts: self.preprocess(texts).features)
+        described = self.describe(max_input_tokens=self.max_tokens, dimension=self.dimension,
+                                  prompts=dict(self.model.prompts or {}), vocab_size=len(self.tokenizer))
         log.info("embedding model loaded", extra={"model": self.model_id, "packed_batches": self.packs_sequences,
-                                                  "dtype": self.precision.name, "dtype_reason": self.precision.reason})
-        return ModelDescription(
-            model_id=self.model_id, model_path=str(path), device=self.device, dtype=self.precision.name,
-            dtype_reason=self.precision.reason, max_input_tokens=self.max_tokens, dimension=self.dimension,
-            prompts=dict(self.model.prompts or {}), vocab_size=len(self.tokenizer),
-        )
+                                                  "dtype": described.dtype, "backend": described.backend})
+        return described
 
     def _packable(self) -> bool:
         """Packing reproduces Transformer -> mean Pooling (-> Normalize) for BERT encoders only."""

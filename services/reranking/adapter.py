@@ -41,12 +41,9 @@ class CrossEncoderAdapter(SpecAdapter):
         self.max_tokens = encoder.max_length
         self.tokenizer = encoder.tokenizer
         self.activation = encoder.activation_fn or torch.nn.Identity()
-        self.settle_precision(self._sample_relevance, score_agreement)
-        self.trace_encoder(self.classification.encoder,
-                           lambda texts: self.preprocess([(SELF_CHECK_TEXTS[0], text) for text in texts]).features)
-        return ModelDescription(model_id=self.model_id, model_path=str(path), device=device,
-                                dtype=self.precision.name, dtype_reason=self.precision.reason,
-                                max_input_tokens=self.max_tokens)
+        self.settle(self.classification.encoder, self._sample_relevance, score_agreement,
+                    lambda texts: self.preprocess([(SELF_CHECK_TEXTS[0], text) for text in texts]).features)
+        return self.describe(max_input_tokens=self.max_tokens)
 
     def _sample_relevance(self) -> np.ndarray:
         """Relevance in [0, 1] (sigmoid of the logit, whatever the model's own activation) of fixed pairs."""

@@ -9,10 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from services.runtime.device import place
+from services.runtime.backend import Backend, Request, settle_backend
+from services.runtime.device import place, stream_layout
 from services.runtime.models import resolve_model
-from services.runtime.packing import PackedBatch, PackedEncoder
-from services.runtime.precision import SELF_CHECK_BATCH, SELF_CHECK_TEXTS, Precision, settle
+from services.runtime.packing import PackedBatch, PackedEncoder, encoder_inputs
+from services.runtime.precision import SELF_CHECK_BATCH, SELF_CHECK_TEXTS, Precision, cpu_bf16_flags, settle
 from torchgate.models import model_names
 
 log = logging.getLogger(__name__)
@@ -29,11 +30,15 @@ class ModelSpec:
     pack_length: int = 128
     device_streams: int = 0
     trace: bool = True
+    inference_backend: str = "auto"
+    quantize: str = "none"
+    openvino_cache_dir: str = ""
 
     @classmethod
     def from_settings(cls, settings, model_id: str | None = None) -> "ModelSpec":
         return cls(model_id or settings.model, settings.device, settings.dtype, settings.cpu_threads,
-                   settings.pack_length, settings.device_streams, settings.trace)
+                   settings.pack_length, settings.device_streams, settings.trace, settings.inference_backend,
+                   settings.quantize, settings.openvino_cache_dir)
 
 
 @dataclass
@@ -57,6 +62,8 @@ class ModelDescription:
     labels: list[str] = field(default_factory=list)
     fallback_reason: str = ""
     dtype_reason: str = ""
+    backend: str = "torch"
+    backend_reason: str = ""
     prompts: dict[str, str] = field(default_factory=dict)
     vocab_size: int = 0
     stands_in_for: str = ""  # the configured model a fallback replaces
@@ -139,25 +146,50 @@ class SpecAdapter(ModelAdapter):
         """The weights' local directory (never a download), the device, and the precision to load and run in.
 
         The adapter loads the weights in `self.precision.weights`, wraps every forward pass in
-        `self.precision.context()`, and calls `self.settle_precision(...)` once loaded.
+        `self.precision.context()`, calls `self.settle(...)` once loaded and describes itself with
+        `self.describe(...)`.
         """
-        path = resolve_model(self.spec.model_id)
-        device, self.precision = place(self.spec.device, self.spec.dtype, self.spec.cpu_threads,
-                                       self.spec.device_streams)
-        return path, device, self.precision
+        self.path = resolve_model(self.spec.model_id)
+        self.device, self.precision = place(self.spec.device, self.spec.dtype, self.spec.cpu_threads,
+                                            self.spec.device_streams)
+        self.backend = Backend("torch", "")
+        return self.path, self.device, self.precision
 
-    def settle_precision(self, run_sample: Callable[[], np.ndarray],
-                         agreement: Callable[[np.ndarray, np.ndarray], tuple[bool, str]]) -> None:
-        """Keep a bf16 candidate only if `run_sample()` agrees with its fp32 run and runs faster (precision.py)."""
+    def settle(self, encoder: PackedEncoder | None, run_sample: Callable[[], np.ndarray],
+               agreement: Callable[[np.ndarray, np.ndarray], tuple[bool, str]],
+               sample: Callable[[list[str]], PackedBatch]) -> None:
+        """Once loaded, how the model computes, each step checked on this machine against the last:
+
+        1. precision: keep a bf16 candidate only if `run_sample()` agrees with its fp32 run and runs faster
+           (precision.py);
+        2. the packed encoder as a traced graph where it reproduces the module, on `sample(texts)` batches of two
+           shapes (packing.py);
+        3. the backend: OpenVINO where it agrees with fp32 and beats the torch choice (backend.py).
+        """
         self.precision = settle(self.precision, run_sample, agreement, self.model_id)
-
-    def trace_encoder(self, encoder: PackedEncoder | None, sample: Callable[[list[str]], PackedBatch]) -> None:
-        """Once the precision is settled: run the packed encoder as a traced graph where it reproduces the
-        module (packing.py), on `sample(texts)` batches of two shapes; logs which forward pass runs."""
         if encoder is None:
             forward = "eager (padded batches)"
         elif not self.spec.trace:
             forward = "eager (TRACE=false)"
         else:
             forward = encoder.trace([sample(SELF_CHECK_BATCH), sample(SELF_CHECK_TEXTS[1:3])], self.precision.context)
-        log.info("forward pass: %s", forward, extra={"model": self.model_id, "forward": forward})
+        streams, threads = stream_layout(self.device, self.spec.device_streams, self.spec.cpu_threads)
+        spec = self.spec
+        request = Request(spec.inference_backend, spec.quantize, spec.openvino_cache_dir, spec.dtype,
+                          bool(cpu_bf16_flags()), streams, threads)
+        example = encoder_inputs(sample(SELF_CHECK_BATCH)) if encoder is not None else ()
+        self.backend = settle_backend(request, self.device, encoder, example, self.path, type(self).__name__,
+                                      run_sample, self.precision.fp32_sample, agreement)
+        if self.backend.name != "torch":
+            forward = f"{self.backend.name} {self.backend.dtype}"
+        log.info("forward pass: %s", forward, extra={"model": self.model_id, "forward": forward,
+                                                     "backend_reason": self.backend.reason})
+
+    def describe(self, **fields) -> ModelDescription:
+        """The loaded model's description with where, in what and by which backend it computes."""
+        on_openvino = self.backend.name != "torch"
+        return ModelDescription(
+            model_id=self.model_id, model_path=str(self.path), device=self.device,
+            dtype=self.backend.dtype if on_openvino else self.precision.name,
+            dtype_reason="chosen with the backend (backend_reason)" if on_openvino else self.precision.reason,
+            backend=self.backend.name, backend_reason=self.backend.reason, **fields)

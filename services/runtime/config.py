@@ -1,5 +1,7 @@
 """Settings shared by every worker process; each worker subclasses them with its own env prefix."""
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -84,6 +86,18 @@ class ModelWorkerSettings(WorkerSettings):
     pack_length: int = Field(128, ge=16, description="Widest row of packed batches (BERT models).")
     trace: bool = Field(True, description="On CPU, run packed BERT encoders as a TorchScript graph traced at "
                                           "start-up, where it reproduces the module; false: always eager.")
+    inference_backend: Literal["auto", "torch", "openvino"] = Field(
+        "auto", description="What computes packed BERT encoders on CPU. `auto`: OpenVINO where a start-up self-check "
+                            "finds it agrees with fp32 and runs >= 1.1x the torch choice, else torch; `openvino`: "
+                            "OpenVINO where it agrees, else the worker fails to start; `torch`: never OpenVINO. CUDA "
+                            "and non-BERT models run on torch.")
+    quantize: Literal["none", "int8"] = Field(
+        "none", description="`int8`: OpenVINO also tries int8 weight-only compression (NNCF), kept only where the "
+                            "self-check agrees with fp32 and it is the fastest.")
+    openvino_cache_dir: str = Field(
+        "", description="Where converted OpenVINO models are kept between starts (keyed by the model's files and "
+                        "the OpenVINO version); empty: $XDG_CACHE_HOME/torchgate/openvino or "
+                        "~/.cache/torchgate/openvino. Unwritable: converted at every start.")
     max_batch_size: int = Field(64, ge=1, description="Most inputs in one forward pass.")
     max_batch_tokens: int = Field(
         4096, ge=16, description="Most padded tokens (inputs x longest input) in one forward pass."

@@ -1,7 +1,7 @@
 """The identity of what a worker computes, published in `Info.fingerprint`: equal fingerprints, equal results.
 
 It covers every file of the model's directory (weights, configuration, tokenizer), the files an adapter names
-besides (a classifier's example file), the precision and device kind the worker chose, its prompts, and the
+besides (a classifier's example file), the precision, backend and device kind the worker chose, its prompts, and the
 Torchgate version (whose code turns model outputs into results). A cache keyed by it never serves a result of
 another model, another example file or another precision.
 """
@@ -24,7 +24,7 @@ def _feed_file(digest, path: Path) -> None:
 def fingerprint(model: ModelDescription) -> str:
     """sha256 (hex) over the model's files and everything else that changes its results."""
     digest = hashlib.sha256()
-    for part in (__version__, model.model_id, model.dtype, model.device.partition(":")[0],
+    for part in (__version__, model.model_id, model.dtype, model.backend, model.device.partition(":")[0],
                  *sorted(f"{name}={prompt}" for name, prompt in model.prompts.items())):
         digest.update(part.encode() + b"\0")
     root = Path(model.model_path)

@@ -161,11 +161,26 @@ class PackedEncoder:
     def __init__(self, bert, device: str):
         self.bert = bert
         self.device = device
-        self.graph = None
+        self.graph = None  # a compiled forward of the encoder inputs: the traced graph, or OpenVINO's (backend.py)
+
+    def module(self):
+        """The encoder with positional inputs and one output, as tracing and OpenVINO's converter take it."""
+        import torch
+
+        class LastHiddenState(torch.nn.Module):
+            def __init__(self, bert):
+                super().__init__()
+                self.bert = bert
+
+            def forward(self, input_ids, position_ids, attention_mask, token_type_ids):
+                return self.bert(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                                 token_type_ids=token_type_ids).last_hidden_state
+
+        return LastHiddenState(self.bert).eval()
 
     def __call__(self, batch: PackedBatch):
         if self.graph is not None:
-            return self.graph(*_encoder_inputs(batch))
+            return self.graph(*encoder_inputs(batch))
         return self.bert(input_ids=batch.input_ids, position_ids=batch.position_ids,
                          attention_mask=batch.attention_mask, token_type_ids=batch.token_type_ids).last_hidden_state
 
@@ -176,25 +191,14 @@ class PackedEncoder:
             return "eager (traced graphs are used on CPU only)"
         import torch
 
-        class LastHiddenState(torch.nn.Module):
-            """The encoder with positional inputs and one output, as tracing takes it."""
-
-            def __init__(self, bert):
-                super().__init__()
-                self.bert = bert
-
-            def forward(self, input_ids, position_ids, attention_mask, token_type_ids):
-                return self.bert(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                                 token_type_ids=token_type_ids).last_hidden_state
-
         try:
             # Tracing warns of every Python value it freezes (and transformers of attributes it is asked
             # for); the comparison below is what decides.
             with torch.inference_mode(), context(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                graph = torch.jit.freeze(torch.jit.trace(LastHiddenState(self.bert).eval(),
-                                                         _encoder_inputs(samples[0]), check_trace=False))
-                worst = max(float((graph(*_encoder_inputs(sample)) - self(sample)).abs().max())
+                graph = torch.jit.freeze(torch.jit.trace(self.module(),
+                                                         encoder_inputs(samples[0]), check_trace=False))
+                worst = max(float((graph(*encoder_inputs(sample)) - self(sample)).abs().max())
                             for sample in samples)
         except Exception as error:  # noqa: BLE001 - an encoder TorchScript cannot trace runs eager
             return f"eager (tracing failed: {type(error).__name__}: {error})"
@@ -204,5 +208,6 @@ class PackedEncoder:
         return "traced TorchScript graph"
 
 
-def _encoder_inputs(batch: PackedBatch) -> tuple:
+def encoder_inputs(batch: PackedBatch) -> tuple:
+    """The packed encoder's inputs, in its positional order."""
     return batch.input_ids, batch.position_ids, batch.attention_mask, batch.token_type_ids

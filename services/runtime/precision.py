@@ -32,9 +32,13 @@ SELF_CHECK_TEXTS = [
     "Quarterly revenue grew by twelve percent, driven by the new subscription tier, while operating costs "
     "stayed flat; the board approved a share buyback and asked management to expand into two new regions "
     "next year, pending a review of the supply chain and the hiring plan for the engineering teams.",
+    "ok",
+    "def add(a, b):\n    return a + b  # TODO: overflow?",
+    "Order #48213 shipped 2026-11-30 via UPS, 3 items, total $129.99 incl. VAT (20%).",
+    "Où se trouve la gare la plus proche, s'il vous plaît ? Ich suche den Bahnhof.",
 ]
 # A batch the size traffic forms, so that the timing compares the throughput the worker will get.
-SELF_CHECK_BATCH = SELF_CHECK_TEXTS * 8
+SELF_CHECK_BATCH = SELF_CHECK_TEXTS * 4
 # bf16 must beat fp32 by this factor (time ratio) to be kept: a tie is not worth the lost precision.
 REQUIRED_SPEEDUP = 1.1
 
@@ -56,6 +60,7 @@ class Precision:
     weights: Any                 # torch dtype the weights are loaded in
     autocast: Any = None         # torch dtype matrix products run in (CPU bf16), or None
     reason: str = ""
+    fp32_sample: Any = None      # the self-check batch's fp32 output, once a self-check computed it
 
     @property
     def name(self) -> str:
@@ -71,17 +76,21 @@ class Precision:
         return torch.autocast("cpu", dtype=self.autocast)
 
 
-def cosine_agreement(reference: np.ndarray, reduced: np.ndarray, minimum: float = 0.999) -> tuple[bool, str]:
-    """Embeddings agree when every row's cosine to its fp32 row is at least `minimum`."""
+def cosine_agreement(reference: np.ndarray, reduced: np.ndarray, minimum: float = 0.999,
+                     share: float = 1.0) -> tuple[bool, str]:
+    """Embeddings agree when every row's cosine to its fp32 row is within `share` of the tolerance (1 - minimum)."""
+    needed = 1 - (1 - minimum) * share
     cosines = (reference * reduced).sum(1) / (np.linalg.norm(reference, axis=1) * np.linalg.norm(reduced, axis=1))
     worst = float(cosines.min())
-    return worst >= minimum, f"min cosine {worst:.5f} vs fp32 (needs >= {minimum})"
+    return worst >= needed, f"min cosine {worst:.5f} vs fp32 (needs >= {needed:.5g})"
 
 
-def score_agreement(reference: np.ndarray, reduced: np.ndarray, tolerance: float = 0.02) -> tuple[bool, str]:
-    """Scores in [0, 1] (activated relevance, class probabilities) agree within `tolerance` absolute."""
+def score_agreement(reference: np.ndarray, reduced: np.ndarray, tolerance: float = 0.02,
+                    share: float = 1.0) -> tuple[bool, str]:
+    """Scores in [0, 1] (activated relevance, class probabilities) agree within `share` of `tolerance` absolute."""
+    needed = tolerance * share
     worst = float(np.abs(reference - reduced).max())
-    return worst <= tolerance, f"max score difference {worst:.4f} vs fp32 (needs <= {tolerance})"
+    return worst <= needed, f"max score difference {worst:.4f} vs fp32 (needs <= {needed:.4g})"
 
 
 def timed(run: Callable[[], np.ndarray], repeats: int = 3) -> tuple[np.ndarray, float]:
@@ -105,6 +114,7 @@ def settle(precision: Precision, run_sample: Callable[[], np.ndarray],
     chosen = precision.autocast
     precision.autocast = None
     reference, fp32_s = timed(run_sample)
+    precision.fp32_sample = reference
     precision.autocast = chosen
     try:
         reduced, bf16_s = timed(run_sample)

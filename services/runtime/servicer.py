@@ -116,6 +116,8 @@ class ModelServicer(WorkerServicer):
             max_chars_per_item=s.max_chars_per_item,
             fallback_reason=model.fallback_reason,
             dtype_reason=model.dtype_reason,
+            backend=model.backend,
+            backend_reason=model.backend_reason,
             prompts=model.prompts,
             vocab_size=model.vocab_size,
             stands_in_for=model.stands_in_for,

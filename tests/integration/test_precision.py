@@ -1,4 +1,5 @@
-"""bf16 on a CPU with native bf16 stays within tolerance of fp32; dtype=auto keeps it only where it pays."""
+"""bf16 on a CPU with native bf16 stays within tolerance of fp32; dtype=auto keeps it only where it pays (on torch:
+OpenVINO has tests of its own, test_openvino_backend.py)."""
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.skipif(not cpu_bf16_flags(), reason="this CPU has no na
 
 
 async def embed_with(dtype: str):
-    settings = EmbeddingSettings(port=0, metrics_port=0, device="cpu", dtype=dtype)
+    settings = EmbeddingSettings(port=0, metrics_port=0, device="cpu", dtype=dtype, inference_backend="torch")
     worker = await started(build_embedding(settings))
     try:
         async with worker_channel(worker.port) as channel:
@@ -54,7 +55,7 @@ async def test_bf16_reranking_is_within_the_score_tolerance_of_fp32(tiny_cross_e
     scores = {}
     for dtype in ("float32", "bfloat16"):
         settings = RerankingSettings(port=0, metrics_port=0, model=str(tiny_cross_encoder), device="cpu",
-                                     dtype=dtype)
+                                     dtype=dtype, inference_backend="torch")
         worker = await started(build_reranking(settings))
         try:
             async with worker_channel(worker.port) as channel:
