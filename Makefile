@@ -67,6 +67,7 @@ test-gateway-isolated:
 	test -x $(GATEWAY_VENV)/bin/python || $(PYTHON) -m venv $(GATEWAY_VENV)
 	$(GATEWAY_VENV)/bin/pip install -q -e '.[gateway]' pytest==9.2.0 pytest-asyncio==1.5.0 pytest-timeout==2.4.0 httpx==0.28.1
 	! $(GATEWAY_VENV)/bin/python -c 'import torch' 2>/dev/null
+	! $(GATEWAY_VENV)/bin/python -c 'import openvino' 2>/dev/null
 	$(GATEWAY_VENV)/bin/python -m pytest -q tests/unit/gateway
 
 bench: $(INSTALLED)

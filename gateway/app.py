@@ -20,7 +20,18 @@ from gateway.redis_client import SharedRedis
 from gateway.registry import ModelPools, pool_name, pool_targets
 from gateway.reloading import ConfigFile, Reloader
 from gateway.rollout import Routing, Shadows, routes_loader
-from gateway.routes import classify, cohere, embeddings, gpu, health, models, rerank, torchserve, usage
+from gateway.routes import (
+    classify,
+    cohere,
+    embeddings,
+    gpu,
+    health,
+    models,
+    open_inference,
+    rerank,
+    torchserve,
+    usage,
+)
 from gateway.tenants import Directory, Limiter, TenantGate
 from gateway.upstream import Upstream
 from torchgate import __version__
@@ -60,7 +71,8 @@ UPSTREAMS = {
 API_ROUTERS = (embeddings.router, rerank.router, cohere.router, classify.router, gpu.router, models.router,
                usage.router)
 # Probes and scrapers: neither traced nor access-logged (they would drown the requests that matter).
-PROBE_PATHS = frozenset({"/health/live", "/health/ready", "/metrics", "/ping"})
+PROBE_PATHS = frozenset({"/health/live", "/health/ready", "/metrics", "/ping", "/v2/health/live",
+                         "/v2/health/ready"})
 # Paths the API key never guards: probes, scrapers and the API's own documentation.
 OPEN_PATHS = PROBE_PATHS | {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
 
@@ -155,13 +167,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     install_error_handlers(app)
     # The credential is checked by the edge middleware before the body is read; the dependency only documents it.
     documented_key = [Depends(HTTPBearer(auto_error=False))] if tenants.required else []
-    for router in (*API_ROUTERS, torchserve.router):
+    for router in (*API_ROUTERS, torchserve.router, open_inference.router):
         app.include_router(router, dependencies=documented_key)
     app.include_router(health.router)
-    routes = frozenset(route.path for router in (*API_ROUTERS, torchserve.router, health.router)
+    routes = frozenset(route.path for router in (*API_ROUTERS, torchserve.router, open_inference.router, health.router)
                        for route in router.routes)
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes, routes=routes, tenants=tenants,
-                       raw_body_prefixes=(torchserve.RAW_BODY_PREFIX,),
+                       raw_body_prefixes=(torchserve.RAW_BODY_PREFIX, open_inference.RAW_BODY_PREFIX),
                        open_paths=OPEN_PATHS, quiet_paths=PROBE_PATHS, json_routes=json_routes(API_ROUTERS))
     static_openapi = app.openapi
 

@@ -69,7 +69,7 @@ def _torchserve_error(error: ApiError) -> JSONResponse:
                          "message": error.message}, status_code=error.status, headers=headers)
 
 
-def _task_of(request: Request, name: str) -> str:
+def task_of(request: Request, name: str) -> str:
     """The task of the model a TorchServe client names: a served name, or an alias's first version's; a name
     that several tasks serve (a classifier's last path part may be its embedder's) must be given in full."""
     routing = request.app.state.routing()
@@ -172,7 +172,7 @@ async def ping(request: Request):
 async def predictions(model: str, request: Request) -> Response:
     """TorchServe's inference API: a raw text, a JSON text/list/object, or a multipart `data` field."""
     try:
-        task = _task_of(request, model)  # an unknown model is a 404 whatever the body
+        task = task_of(request, model)  # an unknown model is a 404 whatever the body
         instances, single = await _texts(request)
         return JSONResponse(await predict(request, model, task, instances, single))
     except ApiError as error:
@@ -191,7 +191,7 @@ async def versioned_predictions(model: str, version: str, request: Request) -> R
 async def kserve_predict(model: str, request: Request) -> Response:
     """KServe v1: `{"instances": [...]}` in, `{"predictions": [...]}` out (one per instance)."""
     try:
-        task = _task_of(request, model)
+        task = task_of(request, model)
         instances, _ = await _texts(request)
         predictions = await predict(request, model, task, instances, single=False)
         return JSONResponse({"predictions": predictions})
@@ -213,7 +213,7 @@ async def list_models(request: Request) -> Response:
 async def describe_model(model: str, request: Request) -> Response:
     """TorchServe's management description; `workers` are the model pool's replicas, with their health."""
     try:
-        task = _task_of(request, model)
+        task = task_of(request, model)
         client, _ = model_pool(request, task, model)
     except ApiError as error:
         return _torchserve_error(error)
