@@ -73,8 +73,9 @@ API_ROUTERS = (embeddings.router, rerank.router, cohere.router, classify.router,
 # Probes and scrapers: neither traced nor access-logged (they would drown the requests that matter).
 PROBE_PATHS = frozenset({"/health/live", "/health/ready", "/metrics", "/ping", "/v2/health/live",
                          "/v2/health/ready"})
-# Paths the API key never guards: probes, scrapers and the API's own documentation.
-OPEN_PATHS = PROBE_PATHS | {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+# Paths the API key never guards: probes, scrapers and the API's own documentation (and the Open Inference
+# Protocol's server metadata: a name, a version, the extensions).
+OPEN_PATHS = PROBE_PATHS | {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/v2"}
 
 
 def _is_loopback(host: str) -> bool:
@@ -174,6 +175,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                        for route in router.routes)
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes, routes=routes, tenants=tenants,
                        raw_body_prefixes=(torchserve.RAW_BODY_PREFIX, open_inference.RAW_BODY_PREFIX),
+                       error_shapes=torchserve.ERROR_SHAPES + open_inference.ERROR_SHAPES,
                        open_paths=OPEN_PATHS, quiet_paths=PROBE_PATHS, json_routes=json_routes(API_ROUTERS))
     static_openapi = app.openapi
 

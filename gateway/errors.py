@@ -32,10 +32,15 @@ class ApiError(Exception):
         body = {"type": self.type, "message": self.message[:MAX_MESSAGE_CHARS]}
         if self.upstream:
             body["upstream"] = self.upstream
-        headers = {**self.headers, **(headers or {})}
+        return JSONResponse({"error": body}, status_code=self.status,
+                            headers={**self.response_headers(), **(headers or {})} or None)
+
+    def response_headers(self) -> dict[str, str]:
+        """What every shape of this error carries: Retry-After and the error's own headers (rate limits)."""
+        headers = dict(self.headers)
         if self.retry_after:
             headers["Retry-After"] = str(max(1, math.ceil(self.retry_after)))
-        return JSONResponse({"error": body}, status_code=self.status, headers=headers or None)
+        return headers
 
 
 MAX_MESSAGE_CHARS = 1024

@@ -16,8 +16,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from opentelemetry import trace
+from starlette.responses import Response
 
 from gateway.errors import ApiError
 from gateway.json_routes import JsonRoute, count_inputs
@@ -42,7 +44,8 @@ def _is_json(content_type: bytes) -> bool:
 class EdgeMiddleware:
     def __init__(self, app, max_body_bytes: int, routes: frozenset[str], tenants: TenantGate,
                  open_paths: frozenset[str], json_routes: dict[str, JsonRoute],
-                 quiet_paths: frozenset[str] = frozenset(), raw_body_prefixes: tuple[str, ...] = ()):
+                 quiet_paths: frozenset[str] = frozenset(), raw_body_prefixes: tuple[str, ...] = (),
+                 error_shapes: tuple[tuple[str, Callable[[ApiError], Response]], ...] = ()):
         self.app = app
         self.json_routes = json_routes
         self.quiet_paths = quiet_paths
@@ -51,6 +54,8 @@ class EdgeMiddleware:
         self.tenants = tenants
         self.open_paths = open_paths
         self.raw_body_prefixes = raw_body_prefixes
+        # Path prefix -> how that protocol shapes an error (TorchServe, KServe, Open Inference); else ours.
+        self.error_shapes = error_shapes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -102,7 +107,9 @@ class EdgeMiddleware:
             if admission is not None:
                 admission.release()
         if refusal is not None:
-            await refusal.response()(scope, receive, send_observed)
+            shape = next((render for prefix, render in self.error_shapes if scope["path"].startswith(prefix)),
+                         ApiError.response)
+            await shape(refusal)(scope, receive, send_observed)
         elapsed = time.perf_counter() - started
         HTTP_REQUESTS.labels(route, str(status[0])).inc()
         HTTP_SECONDS.labels(route).observe(elapsed)

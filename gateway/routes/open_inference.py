@@ -95,9 +95,13 @@ PARAMETERS = {"embedding": {"truncate": bool, "dimensions": int}, "classifier": 
 _NUMPY_TYPES = {"FP32": "<f4", "INT64": "<i8"}
 
 
-def _error(error: ApiError) -> JSONResponse:
-    headers = {"Retry-After": str(max(1, round(error.retry_after)))} if error.retry_after else None
-    return JSONResponse({"error": error.message}, status_code=error.status, headers=headers)
+def protocol_error(error: ApiError) -> JSONResponse:
+    """An error in the protocol's shape."""
+    return JSONResponse({"error": error.message}, status_code=error.status, headers=error.response_headers() or None)
+
+
+# Where the edge's own refusals (401, 413, 429...) take this protocol's shape.
+ERROR_SHAPES = ((RAW_BODY_PREFIX, protocol_error),)
 
 
 def _bad(message: str) -> ApiError:
@@ -133,7 +137,7 @@ async def _metadata(request: Request, model: str, version: str | None) -> Respon
         task = task_of(request, name)
         client, routed = model_pool(request, task, name)
     except ApiError as error:
-        return _error(error)
+        return protocol_error(error)
     inputs, outputs = SIGNATURES[task]
     dimension = client.limits.dimension if client.limits else -1
 
@@ -155,7 +159,7 @@ async def _ready(request: Request, model: str, version: str | None) -> Response:
         name = _model_name(model, version)
         client, _ = model_pool(request, task_of(request, name), name)
     except ApiError as error:
-        return _error(error)
+        return protocol_error(error)
     return JSONResponse({"name": model, "ready": client.serving}, status_code=200 if client.serving else 503)
 
 
@@ -360,7 +364,7 @@ async def _infer(request: Request, model: str, version: str | None) -> Response:
         aliased = name.partition("@")[0] in request.app.state.routing().aliases
         return _respond(model, computed_by if aliased else None, call, outputs)
     except ApiError as error:
-        return _error(error)
+        return protocol_error(error)
 
 
 # Model names hold slashes (`sentence-transformers/all-MiniLM-L6-v2`), so they match as paths; the more specific

@@ -63,10 +63,19 @@ _ERROR_TYPES = {400: "BadRequestException", 404: "ModelNotFoundException", 413: 
 INPUT_FIELDS = ("texts", "text", "data", "instances", "inputs", "input")
 
 
-def _torchserve_error(error: ApiError) -> JSONResponse:
-    headers = {"Retry-After": str(max(1, round(error.retry_after)))} if error.retry_after else None
+def torchserve_error(error: ApiError) -> JSONResponse:
+    """An error in TorchServe's shape."""
     return JSONResponse({"code": error.status, "type": _ERROR_TYPES.get(error.status, "InternalServerException"),
-                         "message": error.message}, status_code=error.status, headers=headers)
+                         "message": error.message}, status_code=error.status, headers=error.response_headers() or None)
+
+
+def kserve_error(error: ApiError) -> JSONResponse:
+    """An error in KServe's shape."""
+    return JSONResponse({"error": error.message}, status_code=error.status, headers=error.response_headers() or None)
+
+
+# Where the edge's own refusals (401, 413, 429...) take these protocols' shapes.
+ERROR_SHAPES = ((RAW_BODY_PREFIX, torchserve_error), ("/models", torchserve_error), ("/v1/models/", kserve_error))
 
 
 def task_of(request: Request, name: str) -> str:
@@ -176,7 +185,7 @@ async def predictions(model: str, request: Request) -> Response:
         instances, single = await _texts(request)
         return JSONResponse(await predict(request, model, task, instances, single))
     except ApiError as error:
-        return _torchserve_error(error)
+        return torchserve_error(error)
 
 
 @router.post("/predictions/{model}/{version}", response_class=JSONResponse,
@@ -196,7 +205,7 @@ async def kserve_predict(model: str, request: Request) -> Response:
         predictions = await predict(request, model, task, instances, single=False)
         return JSONResponse({"predictions": predictions})
     except ApiError as error:
-        return JSONResponse({"error": error.message}, status_code=error.status)
+        return kserve_error(error)
 
 
 @router.get("/models", response_class=JSONResponse, responses=_documented(TorchServeError, 401))
@@ -216,7 +225,7 @@ async def describe_model(model: str, request: Request) -> Response:
         task = task_of(request, model)
         client, _ = model_pool(request, task, model)
     except ApiError as error:
-        return _torchserve_error(error)
+        return torchserve_error(error)
     limits = client.limits
     return JSONResponse([{
         "modelName": model, "modelVersion": limits.fingerprint[:12] if limits else "", "modelUrl": model,

@@ -51,13 +51,14 @@ def unused_address() -> str:
 async def gateway_client(addresses: str, api_keys: str = "", max_body_bytes: int = 8 * 1024 * 1024,
                          reranking: str | None = None, classifier: str | None = None, gpu: str | None = None,
                          cache: bool = True, cache_url: str = "", cache_bytes: int = 64 * 1024 * 1024,
-                         tenants_file: str = "", routes_file: str = "", **upstream):
+                         tenants_file: str = "", routes_file: str = "", redis_timeout_s: float = 0.25, **upstream):
     settings = GatewaySettings(embedding=EmbeddingUpstream(addresses=addresses, **upstream),
                                reranking=RerankingUpstream(addresses=reranking or unused_address()),
                                classifier=ClassifierUpstream(addresses=classifier or unused_address()),
                                gpu=GpuUpstream(addresses=gpu or unused_address()),
                                api_keys=api_keys, max_body_bytes=max_body_bytes, cache=cache, cache_url=cache_url,
-                               cache_bytes=cache_bytes, tenants_file=tenants_file, routes_file=routes_file)
+                               cache_bytes=cache_bytes, tenants_file=tenants_file, routes_file=routes_file,
+                               redis_timeout_s=redis_timeout_s)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         await limits_learned(app)

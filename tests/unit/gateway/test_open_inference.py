@@ -100,3 +100,22 @@ async def test_unknown_models_and_a_dead_pool(gateway):
     assert ready.status_code == 503 and ready.json() == {"ready": False}
     assert (await gateway.get("/v2/health/live")).json() == {"live": True}
     assert (await gateway.get(f"/v2/models/{MODEL}/ready")).json() == {"name": MODEL, "ready": True}
+
+
+@pytest.mark.parametrize(("path", "shape"), [
+    (f"/v2/models/{MODEL}/infer", {"error"}),
+    ("/predictions/fake-model", {"code", "type", "message"}),
+    ("/v1/models/fake-model:predict", {"error"}),
+    ("/v1/embeddings", {"error"}),
+])
+async def test_the_edges_refusals_take_each_protocols_shape(fake_embedding_worker, path, shape):
+    async with gateway_client(f"127.0.0.1:{fake_embedding_worker.port}", api_keys="secret",
+                              max_body_bytes=1024) as client:
+        unauthenticated = await client.post(path, json={"inputs": []})
+        oversized = await client.post(path, content=b"x" * 2048, headers={"Authorization": "Bearer secret"})
+        metadata = await client.get("/v2")
+    for reply, status in ((unauthenticated, 401), (oversized, 413)):
+        assert reply.status_code == status and set(reply.json()) == shape, reply.text
+    if shape == {"error"}:  # ours nests type and message; KServe's and the Open Inference Protocol's are a text
+        assert isinstance(unauthenticated.json()["error"], dict) == (path == "/v1/embeddings")
+    assert metadata.status_code == 200 and metadata.json()["name"] == "torchgate"

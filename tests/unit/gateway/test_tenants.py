@@ -238,9 +238,11 @@ async def test_two_gateways_share_one_limit_through_redis(fake_embedding_worker,
     path = write_tenants(tmp_path / "tenants.yaml", acme={"keys_sha256": [digest("k")], "requests_per_second": 0.5,
                                                            "burst": 30})
     address = f"127.0.0.1:{fake_embedding_worker.port}"
+    # Both gateways and all 60 callers share this test's event loop, which can hold a Redis reply past the
+    # production deadline (the limiter would then fall back to per-process buckets): a deadline of 2 s here.
     with redis_server() as server:
-        async with gateway_client(address, tenants_file=path, cache_url=server.url) as first, \
-                gateway_client(address, tenants_file=path, cache_url=server.url) as second:
+        async with gateway_client(address, tenants_file=path, cache_url=server.url, redis_timeout_s=2.0) as first, \
+                gateway_client(address, tenants_file=path, cache_url=server.url, redis_timeout_s=2.0) as second:
             replies = await asyncio.gather(*(client.post("/v1/embeddings", json=EMBED, headers=bearer("k"))
                                              for _ in range(30) for client in (first, second)))
             for client in (first, second):
