@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from services.runtime.device import DeviceError
+from services.runtime.fingerprint import feed_files
 from services.runtime.precision import REQUIRED_SPEEDUP, timed
 from torchgate import __version__
 
@@ -119,12 +120,7 @@ def model_key(model_path: Path, role: str) -> str:
     import openvino
 
     digest = hashlib.sha256(f"{role}\0{openvino.__version__}\0{__version__}\0".encode())
-    files = sorted(p for p in model_path.rglob("*") if p.is_file()) if model_path.is_dir() else [model_path]
-    for path in files:
-        digest.update(str(path.relative_to(model_path) if path != model_path else path.name).encode() + b"\0")
-        with path.open("rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
+    feed_files(digest, model_path)
     return digest.hexdigest()[:32]
 
 
@@ -198,7 +194,10 @@ def compile_encoder(model, candidate: Candidate, request: Request) -> OpenVinoEn
 
 @dataclass
 class Trial:
+    """A candidate's run of the self-check batch: its best time, whether it agreed with fp32, and the detail."""
+
     candidate: Candidate
+    encoder: OpenVinoEncoder
     seconds: float
     agrees: bool
     detail: str
@@ -238,11 +237,10 @@ def settle_backend(request: Request, device: str, encoder, example: tuple, model
     reference = torch_output if reference is None else reference
     torch_graph = encoder.graph
     try:
-        key = model_key(model_path, role)
-        module = encoder.module()
+        key, cache_dir, module = model_key(model_path, role), cache_root(request.cache_dir), encoder.module()
         trials, origins = [], []
         for candidate in candidates(request):
-            model, origin = converted(module, example, cache_root(request.cache_dir), key, candidate.int8_weights)
+            model, origin = converted(module, example, cache_dir, key, candidate.int8_weights)
             origins.append(origin)
             encoder.graph = compile_encoder(model, candidate, request)
             try:
@@ -250,16 +248,15 @@ def settle_backend(request: Request, device: str, encoder, example: tuple, model
                 agrees, detail = agreement(reference, output, share=TOLERANCE_SHARE)
             except Exception as error:  # noqa: BLE001 - a candidate that cannot run is not kept
                 seconds, agrees, detail = 0.0, False, f"failed: {type(error).__name__}: {error}"
-            trials.append(Trial(candidate, seconds, agrees, detail))
-            encoder.graph = torch_graph
+            trials.append(Trial(candidate, encoder.graph, seconds, agrees, detail))
     except Exception as error:  # noqa: BLE001 - a model OpenVINO cannot convert runs on torch
-        encoder.graph = torch_graph
         return _torch_or_fail(request, f"OpenVINO conversion failed: {type(error).__name__}: {error}")
+    finally:
+        encoder.graph = torch_graph
     chosen, why = choose(request, torch_seconds, trials)
     if chosen is None:
         return _torch_or_fail(request, why)
-    model, _ = converted(module, example, cache_root(request.cache_dir), key, chosen.candidate.int8_weights)
-    encoder.graph = compile_encoder(model, chosen.candidate, request)
+    encoder.graph = chosen.encoder
     import openvino
 
     version = openvino.__version__.split("-")[0]

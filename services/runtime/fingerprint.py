@@ -8,28 +8,31 @@ another model, another example file or another precision.
 
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from services.runtime.adapter import ModelDescription
 from torchgate import __version__
+
+if TYPE_CHECKING:
+    from services.runtime.adapter import ModelDescription
 
 _CHUNK = 1 << 20
 
 
-def _feed_file(digest, path: Path) -> None:
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
+def feed_files(digest, root: Path, extra: list[Path] = ()) -> None:
+    """Feed `digest` every file of `root` (a directory, or one file) and the `extra` files: names and bytes."""
+    files = sorted(path for path in root.rglob("*") if path.is_file()) if root.is_dir() else [root] * root.is_file()
+    for path in [*files, *extra]:
+        digest.update(str(path.relative_to(root) if path.is_relative_to(root) else path.name).encode() + b"\0")
+        with path.open("rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                digest.update(chunk)
 
 
-def fingerprint(model: ModelDescription) -> str:
+def fingerprint(model: "ModelDescription") -> str:
     """sha256 (hex) over the model's files and everything else that changes its results."""
     digest = hashlib.sha256()
     for part in (__version__, model.model_id, model.dtype, model.backend, model.device.partition(":")[0],
                  *sorted(f"{name}={prompt}" for name, prompt in model.prompts.items())):
         digest.update(part.encode() + b"\0")
-    root = Path(model.model_path)
-    files = sorted(path for path in root.rglob("*") if path.is_file()) if root.is_dir() else [root] * root.is_file()
-    for path in [*files, *map(Path, model.result_files)]:
-        digest.update(str(path.relative_to(root) if path.is_relative_to(root) else path.name).encode() + b"\0")
-        _feed_file(digest, path)
+    feed_files(digest, Path(model.model_path), [Path(name) for name in model.result_files])
     return digest.hexdigest()

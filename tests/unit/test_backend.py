@@ -32,7 +32,7 @@ def test_candidates_follow_the_dtype_setting_and_the_cpu(dtype, native_bf16, qua
 
 def trial(dtype: str, seconds: float, agrees: bool = True) -> Trial:
     precision = "bf16" if dtype.endswith("bfloat16") else "f32"
-    return Trial(Candidate(precision, dtype.startswith("int8")), seconds, agrees, "min cosine x")
+    return Trial(Candidate(precision, dtype.startswith("int8")), None, seconds, agrees, "min cosine x")
 
 
 def test_auto_keeps_the_fastest_agreeing_candidate_only_when_it_beats_torch_by_1_1x():
