@@ -14,6 +14,7 @@ Model names are TorchServe's (gateway/routes/torchserve.py): served ids, their l
 aliases; `/versions/{version}` pins a version of an alias. Errors are `{"error": message}` with the native status.
 """
 
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -189,7 +190,20 @@ def _json_header(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
 
 
 def _flat(data: Any) -> list:
-    return [item for element in data for item in _flat(element)] if isinstance(data, list) else [data]
+    """The elements of a (nested) JSON list in row-major order; iterative, so no nesting depth can crash it."""
+    elements, stack = [], [iter([data])]
+    while stack:
+        element = next(stack[-1], _END)
+        if element is _END:
+            stack.pop()
+        elif isinstance(element, list):
+            stack.append(iter(element))
+        else:
+            elements.append(element)
+    return elements
+
+
+_END = object()
 
 
 def _binary_elements(raw: bytes, name: str) -> list[bytes]:
@@ -214,7 +228,7 @@ def _texts(entry: Any, binary: memoryview, offset: int) -> tuple[str, list[str],
     name, datatype, shape = entry["name"], entry.get("datatype"), entry.get("shape")
     if datatype != "BYTES":
         raise _bad(f"input {clip(name)!r} has datatype {clip(str(datatype))!r}: texts are BYTES tensors")
-    if not isinstance(shape, list) or not all(isinstance(size, int) and size >= 0 for size in shape):
+    if not isinstance(shape, list) or not all(type(size) is int and size >= 0 for size in shape):
         raise _bad(f"input {clip(name)!r}: `shape` must be a list of non-negative integers")
     parameters = entry.get("parameters") or {}
     size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
@@ -229,7 +243,7 @@ def _texts(entry: Any, binary: memoryview, offset: int) -> tuple[str, list[str],
             raise _bad(f"input {clip(name)!r}: BYTES data in JSON must be strings")
     else:
         raise _bad(f"input {clip(name)!r} has neither `data` nor binary_data_size")
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)
     if count != len(raw):
         raise _bad(f"input {clip(name)!r}: shape {shape} holds {count} elements but {len(raw)} were sent")
     if not raw:
@@ -253,9 +267,10 @@ def _outputs(document: dict) -> tuple[list[str] | None, set[str]]:
     requested = document.get("outputs")
     if requested is None:
         return None, {"*"} if binary_default else set()
-    if not isinstance(requested, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str)
-                                                  for o in requested):
-        raise _bad("`outputs` must be a list of objects with a `name`")
+    if not isinstance(requested, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) and isinstance(o.get("parameters") or {}, dict)
+            for o in requested):
+        raise _bad("`outputs` must be a list of objects with a `name` (and optional `parameters`)")
     binary = {o["name"] for o in requested
               if (o.get("parameters") or {}).get("binary_data", binary_default)}
     return [o["name"] for o in requested], binary
@@ -328,12 +343,8 @@ async def _compute(request: Request, name: str, task: str, call: InferRequest) -
 
 def _respond(model: str, version: str | None, call: InferRequest, outputs: dict[str, np.ndarray]) -> Response:
     """The outputs asked for (all by default), each in JSON or, where asked, in the binary extension."""
-    names = call.outputs if call.outputs is not None else list(outputs)
-    unknown = [name for name in names if name not in outputs]
-    if unknown:
-        raise _bad(f"no output {clip(unknown[0])!r}: this model gives {', '.join(map(repr, outputs))}")
     described, chunks = [], []
-    for name in names:
+    for name in call.outputs if call.outputs is not None else list(outputs):
         array = outputs[name]
         entry = {"name": name, "datatype": "BYTES" if array.dtype == object else
                  next(k for k, v in _NUMPY_TYPES.items() if np.dtype(v) == array.dtype), "shape": list(array.shape)}
@@ -360,6 +371,10 @@ async def _infer(request: Request, model: str, version: str | None) -> Response:
         name = _model_name(model, version)
         task = task_of(request, name)  # an unknown model is a 404 whatever the body
         call = parse(await request.body(), request.headers.get(BINARY_HEADER))
+        given = [tensor.name for tensor in SIGNATURES[task][1]]
+        unknown = [output for output in call.outputs or () if output not in given]
+        if unknown:
+            raise _bad(f"no output {clip(unknown[0])!r}: this model gives {', '.join(map(repr, given))}")
         computed_by, outputs = await _compute(request, name, task, call)
         aliased = name.partition("@")[0] in request.app.state.routing().aliases
         return _respond(model, computed_by if aliased else None, call, outputs)

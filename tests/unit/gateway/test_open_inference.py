@@ -79,11 +79,22 @@ async def test_parameters_carry_our_options_and_are_checked(gateway):
     ({"inputs": [texts_input(1, data=["a"])], "outputs": [{"name": "nope"}]}, b"", None, "no output 'nope'"),
     ({"inputs": [texts_input(1, data=["a"])]}, b"x", "999", "not a length within the body"),
     ({"inputs": "text"}, b"", None, "`inputs` list"),
+    ({"inputs": [texts_input(1, data=[[[["a"]]]])], "outputs": [{"name": "embedding", "parameters": 1}]}, b"",
+     None, "optional `parameters`"),
+    ({"inputs": [texts_input(2**62, data=["a"], shape=[2**62, 2**62])]}, b"", None, "holds"),
 ])
 async def test_malformed_requests_get_400_in_the_protocols_shape(gateway, document, binary, length, words):
     reply = await infer(gateway, document, binary, length)
     assert reply.status_code == 400, reply.text
     assert set(reply.json()) == {"error"} and words in reply.json()["error"], reply.json()
+
+
+async def test_deeply_nested_data_is_an_answer_not_a_crash(gateway):
+    depth = 1000  # deeper than Python's recursion limit, within what the JSON parser accepts
+    body = b'{"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ' + b"[" * depth + b'"a"'
+    reply = await gateway.post(f"/v2/models/{MODEL}/infer", content=body + b"]" * depth + b"}]}")
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["outputs"][0]["shape"][0] == 1
 
 
 async def test_a_lone_surrogate_follows_the_contracts_unicode_rule(gateway):
