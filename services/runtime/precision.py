@@ -93,14 +93,17 @@ def score_agreement(reference: np.ndarray, reduced: np.ndarray, tolerance: float
     return worst <= needed, f"max score difference {worst:.4f} vs fp32 (needs <= {needed:.4g})"
 
 
-def timed(run: Callable[[], np.ndarray], repeats: int = 3) -> tuple[np.ndarray, float]:
-    """The output of `run` and its best time of `repeats` runs after a warm-up run."""
-    output, best = run(), float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        output = run()
-        best = min(best, time.perf_counter() - started)
-    return output, best
+def timed_in_turns(runs: list[Callable[[], np.ndarray]], rounds: int = 3) -> list[tuple[np.ndarray, float]]:
+    """Each run's output and best time over `rounds` rounds in which the runs take turns (the caller warmed them
+    up): a machine busy for part of the check, with another worker starting beside this one, slows every
+    contender alike instead of whichever ran then."""
+    outputs, best = [None] * len(runs), [float("inf")] * len(runs)
+    for _ in range(rounds):
+        for index, run in enumerate(runs):
+            started = time.perf_counter()
+            outputs[index] = run()
+            best[index] = min(best[index], time.perf_counter() - started)
+    return list(zip(outputs, best, strict=True))
 
 
 def settle(precision: Precision, run_sample: Callable[[], np.ndarray],
@@ -112,15 +115,22 @@ def settle(precision: Precision, run_sample: Callable[[], np.ndarray],
     if precision.autocast is None:
         return precision
     chosen = precision.autocast
-    precision.autocast = None
-    reference, fp32_s = timed(run_sample)
-    precision.fp32_sample = reference
-    precision.autocast = chosen
+
+    def run_in(autocast) -> Callable[[], np.ndarray]:
+        def run() -> np.ndarray:
+            precision.autocast = autocast
+            return run_sample()
+        return run
+
+    fp32, bf16 = run_in(None), run_in(chosen)
+    precision.fp32_sample = fp32()
     try:
-        reduced, bf16_s = timed(run_sample)
+        bf16()
+        (reference, fp32_s), (reduced, bf16_s) = timed_in_turns([fp32, bf16])
         agrees, detail = agreement(reference, reduced)
     except Exception as error:  # noqa: BLE001 - any bf16 failure means fp32, never a dead worker
-        agrees, detail, bf16_s = False, f"bf16 failed: {type(error).__name__}: {error}", float("inf")
+        agrees, detail, fp32_s, bf16_s = False, f"bf16 failed: {type(error).__name__}: {error}", 0.0, 1.0
+    precision.autocast = chosen
     speedup = fp32_s / bf16_s
     if not agrees:
         precision.autocast = None

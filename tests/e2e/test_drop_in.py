@@ -119,6 +119,8 @@ def test_bad_tensors_get_the_protocols_error_with_the_right_status(mesh, client)
     reply = raw_infer(mesh, MINILM, not_utf8, struct.pack("<I", 2) + b"\xff\xfe")
     assert reply.status_code == 400 and "not UTF-8" in reply.json()["error"]
     assert raw_infer(mesh, "nobody", one()).status_code == 404
+    huge_name = raw_infer(mesh, "m" * 20_000, one())
+    assert huge_name.status_code == 404 and len(huge_name.content) < 2048, huge_name.text[:200]
     unknown_version = httpx.post(f"{mesh.url}/v2/models/{INTENT_CLASSIFIER}/versions/v9/infer", json=one(),
                                  timeout=30)
     assert unknown_version.status_code == 404 and "error" in unknown_version.json()

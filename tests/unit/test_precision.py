@@ -95,7 +95,7 @@ def test_a_bf16_candidate_that_agrees_with_fp32_is_kept(caplog):
     sample = Sample(precision, reference, reference + 1e-4)
     with caplog.at_level(logging.INFO):
         settled = settle(precision, sample, cosine_agreement, "m")
-    assert sample.seen == [None] * 4 + [torch.bfloat16] * 4, "fp32 reference first (warm-up + 3), then bf16"
+    assert sample.seen == [None, torch.bfloat16] + [None, torch.bfloat16] * 3, "warm-ups, then 3 rounds in turns"
     assert settled.autocast is torch.bfloat16 and "self-check passed" in settled.reason
     assert "x the speed of fp32" in settled.reason
     assert "computing in bf16" in caplog.text
