@@ -3,6 +3,7 @@
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,14 @@ from services.runtime.backend import Backend, Request, settle_backend
 from services.runtime.device import place, stream_layout
 from services.runtime.models import resolve_model
 from services.runtime.packing import PackedBatch, PackedEncoder, encoder_inputs
-from services.runtime.precision import SELF_CHECK_BATCH, SELF_CHECK_TEXTS, Precision, cpu_bf16_flags, settle
+from services.runtime.precision import (
+    SELF_CHECK_BATCH,
+    SELF_CHECK_TEXTS,
+    Precision,
+    cpu_bf16_flags,
+    machine_to_itself,
+    settle,
+)
 from torchgate.models import model_names
 
 log = logging.getLogger(__name__)
@@ -166,20 +174,22 @@ class SpecAdapter(ModelAdapter):
            shapes (packing.py);
         3. the backend: OpenVINO where it agrees with fp32 and beats the torch choice (backend.py).
         """
-        self.precision = settle(self.precision, run_sample, agreement, self.model_id)
-        if encoder is None:
-            forward = "eager (padded batches)"
-        elif not self.spec.trace:
-            forward = "eager (TRACE=false)"
-        else:
-            forward = encoder.trace([sample(SELF_CHECK_BATCH), sample(SELF_CHECK_TEXTS[1:3])], self.precision.context)
-        streams, threads = stream_layout(self.device, self.spec.device_streams, self.spec.cpu_threads)
-        spec = self.spec
-        request = Request(spec.inference_backend, spec.quantize, spec.openvino_cache_dir, spec.dtype,
-                          bool(cpu_bf16_flags()), streams, threads)
-        example = encoder_inputs(sample(SELF_CHECK_BATCH)) if encoder is not None else ()
-        self.backend = settle_backend(request, self.device, encoder, example, self.path, type(self).__name__,
-                                      run_sample, self.precision.fp32_sample, agreement)
+        with machine_to_itself() if self.device == "cpu" else nullcontext():
+            self.precision = settle(self.precision, run_sample, agreement, self.model_id)
+            if encoder is None:
+                forward = "eager (padded batches)"
+            elif not self.spec.trace:
+                forward = "eager (TRACE=false)"
+            else:
+                forward = encoder.trace([sample(SELF_CHECK_BATCH), sample(SELF_CHECK_TEXTS[1:3])],
+                                        self.precision.context)
+            streams, threads = stream_layout(self.device, self.spec.device_streams, self.spec.cpu_threads)
+            spec = self.spec
+            request = Request(spec.inference_backend, spec.quantize, spec.openvino_cache_dir, spec.dtype,
+                              bool(cpu_bf16_flags()), streams, threads)
+            example = encoder_inputs(sample(SELF_CHECK_BATCH)) if encoder is not None else ()
+            self.backend = settle_backend(request, self.device, encoder, example, self.path, type(self).__name__,
+                                          run_sample, self.precision.fp32_sample, agreement)
         if self.backend.name != "torch":
             forward = f"{self.backend.name} {self.backend.dtype}"
         log.info("forward pass: %s", forward, extra={"model": self.model_id, "forward": forward,

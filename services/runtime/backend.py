@@ -186,11 +186,14 @@ def converted(module, example: tuple, cache_dir: Path, key: str, int8_weights: b
 
 
 def compile_encoder(model, candidate: Candidate, request: Request) -> OpenVinoEncoder:
-    """Compiled for the worker's layout: one OpenVINO stream per device stream, each with its threads."""
+    """Compiled for the worker's layout: one OpenVINO stream per device stream, each with its threads. Threads are
+    not pinned to cores: the workers of a mesh share the cores, and every worker's OpenVINO would pin its first
+    stream to the same core (a self-check then measured OpenVINO at 0.5-1.7x torch from one start to the next)."""
     import openvino
 
     config = {"INFERENCE_PRECISION_HINT": candidate.precision, "NUM_STREAMS": str(request.streams),
-              "INFERENCE_NUM_THREADS": str(request.streams * request.threads_per_stream)}
+              "INFERENCE_NUM_THREADS": str(request.streams * request.threads_per_stream),
+              "ENABLE_CPU_PINNING": False}
     return OpenVinoEncoder(openvino.Core().compile_model(model, "CPU", config))
 
 

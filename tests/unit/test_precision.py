@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from services.runtime.device import DeviceError, select_precision
-from services.runtime.precision import Precision, cosine_agreement, cpu_bf16_flags, score_agreement, settle
+from services.runtime.precision import (
+    Precision,
+    cosine_agreement,
+    cpu_bf16_flags,
+    machine_to_itself,
+    score_agreement,
+    settle,
+)
 
 torch = pytest.importorskip("torch")
 
@@ -143,3 +150,15 @@ def test_autocast_runs_matrix_products_in_bf16_only_when_chosen():
         assert (torch.ones(2, 4) @ weights).dtype is torch.bfloat16
     with Precision(torch.float32).context():
         assert (torch.ones(2, 4) @ weights).dtype is torch.float32
+
+
+def test_self_checks_take_the_machine_one_at_a_time(tmp_path, caplog):
+    lock = tmp_path / "self-check.lock"
+    with machine_to_itself(lock) as first:
+        with caplog.at_level(logging.WARNING), machine_to_itself(lock, wait_s=0.2) as second:
+            assert (first, second) == (True, False)
+        assert "checking anyway" in caplog.text
+    with machine_to_itself(lock) as again:
+        assert again, "the lock is free once the first check ended"
+    with machine_to_itself(tmp_path / "missing" / "self-check.lock") as unopenable:
+        assert not unopenable
