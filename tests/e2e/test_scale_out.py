@@ -38,9 +38,11 @@ class Replicas:
         hosts = [f"127.0.0.{self._next_host + i}" for i in range(count)]
         self._next_host += count
         for host in hosts:
+            # torch: these tests time the gateway finding replicas, and a replacement's OpenVINO self-check would
+            # lengthen the outage gRPC's DNS resolver backs off over before the replacement serves.
             self.running[host], _ = start_worker(
                 self.logs, self.port, host, metrics_port=str(self.metrics_port), max_connection_age_s=CONNECTION_AGE_S,
-                max_connection_age_grace_s=CONNECTION_AGE_S, grace_period_s="5")
+                max_connection_age_grace_s=CONNECTION_AGE_S, grace_period_s="5", inference_backend="torch")
         for host in hosts:
             wait_serving(self.port, host=host)
         self.publish()
