@@ -73,5 +73,7 @@ async def limits_learned(app, timeout: float = 5.0) -> None:
     for client in app.state.upstreams.values():
         if client.serves_model and (await client.probe(0.5))["status"] == "SERVING":
             async with asyncio.timeout(timeout):
-                while client.limits is None:  # noqa: ASYNC110 - polls a field the upstream's task sets
+                # Known and current: the first health SERVING asks for Info again, and until that answers the
+                # response cache is bypassed (a test's first request would then store nothing).
+                while client.model_identity() is None:  # noqa: ASYNC110 - polls what the upstream's tasks set
                     await asyncio.sleep(0.01)
