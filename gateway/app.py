@@ -32,6 +32,7 @@ from gateway.routes import (
     torchserve,
     usage,
 )
+from gateway.tasks.catalog import MODEL_TASKS
 from gateway.tenants import Directory, Limiter, TenantGate
 from gateway.upstream import Upstream
 from torchgate import __version__
@@ -125,10 +126,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             task_settings = getattr(settings, task)
             pools = [Upstream(pool_name(task, index), service, stub,
                               task_settings.model_copy(update={"addresses": target}), interceptors, credentials,
-                              settings.tls_server_name, serves_model=task in models.MODEL_TASKS)
+                              settings.tls_server_name, serves_model=task in MODEL_TASKS)
                      for index, target in enumerate(pool_targets(task_settings.addresses))]
             app.state.upstreams |= {pool.name: pool for pool in pools}
-            if task in models.MODEL_TASKS:
+            if task in MODEL_TASKS:
                 app.state.pools[task] = ModelPools(task, pools)
         for client in app.state.upstreams.values():
             client.start()
@@ -175,7 +176,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                        for route in router.routes)
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes, routes=routes, tenants=tenants,
                        raw_body_prefixes=(torchserve.RAW_BODY_PREFIX, open_inference.RAW_BODY_PREFIX),
-                       error_shapes=torchserve.ERROR_SHAPES + open_inference.ERROR_SHAPES,
                        open_paths=OPEN_PATHS, quiet_paths=PROBE_PATHS, json_routes=json_routes(API_ROUTERS))
     static_openapi = app.openapi
 

@@ -8,8 +8,9 @@ precision), the options that change the output, and the input itself. Routes der
 the canonical result, so one entry serves them all; no text ever reaches a key, a value's name or a log.
 
 A request's inputs are looked up in memory, then in Redis (one MGET under a short deadline); identical inputs
-already being computed by a concurrent request are awaited rather than computed twice; what is left goes to
-the worker in one call (merged with other requests' misses by gateway/merging.py). Results are kept only when
+already being computed by a concurrent request are awaited rather than computed twice (and when that computation
+fails for the upstream's reasons, such as an open breaker, its waiters get the same error at once); what is left
+goes to the worker in one call (merged with other requests' misses by gateway/merging.py). Results are kept only when
 the worker's reply names the fingerprint they were looked up under, so a model changed behind the gateway
 never files its results under the old model's name, nor is served from it.
 """
@@ -171,8 +172,13 @@ class ResponseCache:
         if missing:  # the whole deadline, as without the cache: requests merge only when their deadlines are equal
             found.update(await self._compute(scope, missing, first, compute, timeout, share=True))
         if awaited:
-            await asyncio.wait(awaited.values(), timeout=max(0.0, expires - loop.time()))
+            await asyncio.wait(awaited.values(), timeout=max(0.0, expires - loop.time()),
+                               return_when=asyncio.FIRST_EXCEPTION)
         retry = [key for key, future in awaited.items() if not future.done() or future.cancelled()]
+        failed = next((future.exception() for key, future in awaited.items() if key not in retry
+                       and future.exception() is not None), None)
+        if failed is not None:
+            raise failed
         found.update((key, future.result()) for key, future in awaited.items() if key not in retry)
         hits["shared"] = len(awaited) - len(retry)
         if retry:
@@ -196,9 +202,13 @@ class ResponseCache:
                     owned[key] = self._computing[key] = loop.create_future()
         try:
             computed = await compute([first[key] for key in keys], max(timeout, 0.001))
-        except BaseException:
+        except BaseException as error:
             for future in owned.values():
-                future.cancel()  # whoever waits computes for itself
+                if isinstance(error, ApiError) and error.shared:
+                    future.set_exception(error)  # the upstream's state: every waiter would meet it too, now
+                    future.exception()  # retrieved here, so a future nobody waits on logs nothing
+                else:
+                    future.cancel()  # this caller's own end (its deadline, its input, its disconnect)
             raise
         finally:
             for key, future in owned.items():

@@ -17,6 +17,9 @@ from gateway.errors import AS_TEXTS, AS_TOKEN_IDS, ApiError
 from torchgate.models import model_names
 
 UINT32_MAX = 2**32 - 1
+MAX_TIMEOUT_S = 600
+# Below this a deadline cannot cover even the network hop; such requests are refused, not attempted.
+MIN_TIMEOUT_S = 0.01
 MAX_NAME_CHARS = 256
 # A text must hold something to embed: one character outside Python's whitespace (str.isspace, the set the
 # workers' `text.strip()` removes), spelled out so that every regex dialect reads the schema alike.
@@ -35,6 +38,14 @@ def _valid_unicode(value: str) -> str:
         raise ValueError(f"invalid Unicode at character {error.start} (a lone surrogate): send valid UTF-16 "
                          "pairs or UTF-8") from None
     return value
+
+
+def valid_text(text: str) -> str:
+    """The Unicode rule for a text a protocol's own decoding took from the body: a 400 when it breaks it."""
+    try:
+        return _valid_unicode(text)
+    except ValueError as error:
+        raise ApiError(400, "invalid_request_error", str(error)) from None
 
 
 def _integral(value: Any) -> Any:
@@ -99,6 +110,14 @@ class RequestBody(BaseModel):
     """Base of every JSON body: JSON types as the schema says them (strict); unknown fields are ignored."""
 
     model_config = ConfigDict(extra="ignore", regex_engine="python-re", strict=True)
+
+
+class ModelRequest(RequestBody):
+    """Fields every model route accepts."""
+
+    model: Name | None = Field(None, description="The served model id (or its last path part); empty for the default.")
+    timeout: float | None = Field(None, ge=MIN_TIMEOUT_S, le=MAX_TIMEOUT_S,
+                                  description="Deadline in seconds (else the X-Request-Timeout header).")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,14 @@
-"""API errors, the gRPC-status to HTTP mapping, and the handlers that render every error the same way."""
+"""One internal error, the gRPC-status to HTTP mapping, and the one table every protocol renders errors from.
+
+Every refusal and failure is an `ApiError` (status, reason, message, upstream, Retry-After). How it looks on the
+wire depends only on the protocol of the path it answers (`shape_of`): ours, TorchServe's or KServe's (which
+the Open Inference Protocol shares), so the edge, the routes and FastAPI's handlers render it the same way.
+"""
 
 import logging
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
 from fastapi import FastAPI, Request
@@ -16,24 +23,27 @@ log = logging.getLogger(__name__)
 # Branch names of the contract's tagged unions (gateway/contract.py): left out of error paths, which name fields.
 AS_TEXTS, AS_TOKEN_IDS = "as texts", "as token ids"
 UNION_TAGS = frozenset({AS_TEXTS, AS_TOKEN_IDS})
+MAX_MESSAGE_CHARS = 1024
 
 
 class ApiError(Exception):
-    """An error the client may see: HTTP status, error type, message, optional Retry-After."""
+    """An error the client may see: HTTP status, reason (`type`), message, optional Retry-After.
+
+    `shared` says the error is the upstream's state, not this caller's: every caller of that upstream would
+    get it now (its breaker is open, it is down or overloaded), so callers waiting on this one's work get it too.
+    """
 
     def __init__(self, status: int, type_: str, message: str, upstream: str | None = None,
-                 retry_after: float | None = None, headers: dict[str, str] | None = None):
+                 retry_after: float | None = None, headers: dict[str, str] | None = None, shared: bool = False):
         super().__init__(message)
         self.status, self.type, self.message, self.upstream = status, type_, message, upstream
         self.retry_after = retry_after
         self.headers = headers or {}
+        self.shared = shared
 
     def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
-        body = {"type": self.type, "message": self.message[:MAX_MESSAGE_CHARS]}
-        if self.upstream:
-            body["upstream"] = self.upstream
-        return JSONResponse({"error": body}, status_code=self.status,
-                            headers={**self.response_headers(), **(headers or {})} or None)
+        """This error in the native shape."""
+        return NATIVE.render(self, headers)
 
     def response_headers(self) -> dict[str, str]:
         """What every shape of this error carries: Retry-After and the error's own headers (rate limits)."""
@@ -43,9 +53,6 @@ class ApiError(Exception):
         return headers
 
 
-MAX_MESSAGE_CHARS = 1024
-
-
 class ErrorDetail(BaseModel):
     type: str
     message: str
@@ -53,32 +60,88 @@ class ErrorDetail(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    """The one shape of every error the gateway returns."""
+    """The native shape of every error."""
 
     error: ErrorDetail
 
 
-_ERROR_MEANINGS = {
-    400: "Invalid request: the message says what to fix.",
-    401: "Missing or invalid API key.",
-    404: "No such route, model or device.",
-    413: "Request body or batch too large.",
-    415: "The body is not JSON.",
-    422: "The body does not match the schema or the worker's limits.",
-    429: "Overloaded: retry after Retry-After seconds.",
-    502: "The worker failed to process the request.",
-    503: "The worker is unavailable or its circuit breaker is open: retry after Retry-After seconds.",
-    504: "The request's deadline passed.",
+class TorchServeError(BaseModel):
+    """TorchServe's error shape."""
+
+    code: int
+    type: str
+    message: str
+
+
+class KServeError(BaseModel):
+    """KServe's error shape (KServe v1 and the Open Inference Protocol v2)."""
+
+    error: str
+
+
+# The one table: what each status means, and the exception name TorchServe's clients tell it apart by.
+ERRORS: dict[int, tuple[str, str]] = {
+    400: ("Invalid request: the message says what to fix.", "BadRequestException"),
+    401: ("Missing or invalid credentials.", "UnauthorizedException"),
+    403: ("The tenant may not use this model.", "ForbiddenException"),
+    404: ("No such route, model, version or device.", "ModelNotFoundException"),
+    413: ("Request body, batch or input count too large.", "RequestTooLargeException"),
+    415: ("Unsupported media type.", "UnsupportedMediaTypeException"),
+    422: ("The body does not match the schema or the worker's limits.", "BadRequestException"),
+    429: ("Over a limit or overloaded: retry after Retry-After seconds.", "ServiceUnavailableException"),
+    431: ("Request headers too large.", "BadRequestException"),
+    502: ("The worker failed to process the request.", "InternalServerException"),
+    503: ("The worker is unavailable or its circuit breaker is open: retry after Retry-After seconds.",
+          "ServiceUnavailableException"),
+    504: ("The request's deadline passed.", "RequestTimeoutException"),
 }
 
 
+@dataclass(frozen=True)
+class ErrorShape:
+    """How one protocol writes an error: its body (`body(error)`) and the model that documents it."""
+
+    body: Callable[[ApiError], dict]
+    model: type[BaseModel]
+
+    def render(self, error: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse(self.body(error), status_code=error.status,
+                            headers={**error.response_headers(), **(headers or {})} or None)
+
+    def documented(self, *statuses: int) -> dict[int | str, dict]:
+        """OpenAPI `responses` for these statuses in this shape."""
+        return {status: {"model": self.model, "description": ERRORS[status][0]} for status in statuses}
+
+
+def _native(error: ApiError) -> dict:
+    detail = {"type": error.type, "message": error.message[:MAX_MESSAGE_CHARS]}
+    if error.upstream:
+        detail["upstream"] = error.upstream
+    return {"error": detail}
+
+
+NATIVE = ErrorShape(_native, ErrorResponse)
+TORCHSERVE = ErrorShape(lambda error: {"code": error.status, "message": error.message[:MAX_MESSAGE_CHARS],
+                                       "type": ERRORS.get(error.status, ("", "InternalServerException"))[1]},
+                        TorchServeError)
+KSERVE = ErrorShape(lambda error: {"error": error.message[:MAX_MESSAGE_CHARS]}, KServeError)
+# Path prefix -> its protocol's shape; every other path answers in ours.
+PATH_SHAPES = (("/predictions/", TORCHSERVE), ("/models", TORCHSERVE), ("/v1/models/", KSERVE),
+               ("/v2/models/", KSERVE))
+
+
+def shape_of(path: str) -> ErrorShape:
+    return next((shape for prefix, shape in PATH_SHAPES if path.startswith(prefix)), NATIVE)
+
+
 def documented_errors(*statuses: int) -> dict[int | str, dict]:
-    """OpenAPI `responses` for the given error statuses, all in the ErrorResponse shape."""
-    return {status: {"model": ErrorResponse, "description": _ERROR_MEANINGS[status]} for status in statuses}
+    """OpenAPI `responses` for the given error statuses, in the native shape."""
+    return NATIVE.documented(*statuses)
 
 
 # What any model route may answer besides 200.
-MODEL_ROUTE_ERRORS = documented_errors(400, 401, 404, 413, 415, 422, 429, 502, 503, 504)
+MODEL_ROUTE_STATUSES = (400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504)
+MODEL_ROUTE_ERRORS = documented_errors(*MODEL_ROUTE_STATUSES)
 
 
 # Status codes whose message the worker wrote for the caller; the others are replaced by a generic one.
@@ -91,18 +154,20 @@ _CLIENT_ERRORS = {
 
 
 def error_from_grpc(code: grpc.StatusCode, details: str | None, upstream: str) -> ApiError:
-    """Map an upstream gRPC status to the HTTP error of ARCHITECTURE.md §5, never leaking internals."""
+    """Map an upstream gRPC status to its HTTP error (docs/architecture.md, "Errors"), never leaking internals."""
     if code in _CLIENT_ERRORS:
         status, type_ = _CLIENT_ERRORS[code]
         return ApiError(status, type_, details or "invalid request", upstream)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return ApiError(429, "overloaded", f"the {upstream} service is overloaded; retry later", upstream, 1)
+        return ApiError(429, "overloaded", f"the {upstream} service is overloaded; retry later", upstream, 1,
+                        shared=True)
     if code == grpc.StatusCode.UNAVAILABLE:
         return ApiError(503, "upstream_unavailable", f"the {upstream} service is unavailable; retry later",
-                        upstream, 1)
+                        upstream, 1, shared=True)
     if code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
         return ApiError(504, "timeout", f"the {upstream} service did not answer within the deadline", upstream)
-    return ApiError(502, "upstream_error", f"the {upstream} service failed to process the request", upstream)
+    return ApiError(502, "upstream_error", f"the {upstream} service failed to process the request", upstream,
+                    shared=True)
 
 
 # Pydantic's wording where it would not tell a client what to fix.
@@ -122,16 +187,21 @@ def invalid_body(errors: list[dict]) -> ApiError:
     return ApiError(422, "invalid_request_error", problems)
 
 
-def error_response(request: Request, error: Exception) -> JSONResponse:
-    """Every error leaves as {"error": {"type", "message", "upstream"?}}; never a stack trace."""
+def as_api_error(request: Request, error: Exception) -> ApiError:
+    """Any exception as the error the client may see; never a stack trace."""
     if isinstance(error, ApiError):
-        return error.response()
+        return error
     if isinstance(error, RequestValidationError):
-        return invalid_body(error.errors()).response()
+        return invalid_body(error.errors())
     if isinstance(error, HTTPException):
-        return ApiError(error.status_code, "http_error", str(error.detail)).response(error.headers)
+        return ApiError(error.status_code, "http_error", str(error.detail), headers=error.headers)
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
-    return ApiError(500, "internal_error", "internal error").response()
+    return ApiError(500, "internal_error", "internal error")
+
+
+def error_response(request: Request, error: Exception) -> JSONResponse:
+    """The error in the shape of the request's protocol."""
+    return shape_of(request.url.path).render(as_api_error(request, error))
 
 
 def install_error_handlers(app: FastAPI) -> None:

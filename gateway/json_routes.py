@@ -59,22 +59,6 @@ class JsonRoute:
             raise invalid_body(error.errors()) from None
 
 
-INPUT_FIELDS = ("input", "inputs", "texts", "documents", "text")
-
-
-def count_inputs(document: dict) -> int:
-    """How many inputs (texts, documents, token-id lists) a body carries, read before it is validated: what a
-    tenant's inputs bucket is charged. A list of numbers is one token-id input."""
-    for name in INPUT_FIELDS:
-        value = document.get(name)
-        if value is None:
-            continue
-        if isinstance(value, list):
-            return len(value) if value and not isinstance(value[0], int | float) else 1
-        return 1
-    return 0
-
-
 def json_routes(routers: Iterable[APIRouter]) -> dict[str, JsonRoute]:
     """Path -> JsonRoute for every POST route of the routers; a POST route of another shape fails start-up,
     since the edge would run it without what FastAPI adds (dependencies, other parameters)."""

@@ -2,27 +2,27 @@
 
 Every request gets an id first: the client's X-Request-ID when it is plain and short, else a fresh one; it is
 returned on every response, sent to the worker and named in every log line about the request. In order:
-header size (431), the caller's tenant (401/403, gateway/tenants.py, before a byte of the body is read), body
-size counted as the bytes arrive, chunked uploads included (413, memory bounded by the cap), content type
-(415), JSON, then the tenant's limits charged with the body's input count (429, before any upstream call).
-The route (a POST route runs here, see gateway/json_routes.py; the rest through FastAPI) then runs while the
-middleware listens for the client going away: a disconnect cancels the route, and with it the gRPC call, so
+header size (431), the caller's tenant (401/403, gateway/tenants/, before a byte of the body is read), a body
+declared too large (413 before a byte is read, and the connection closed), body size counted as the bytes
+arrive, chunked uploads included (413, memory bounded by the cap), content type (415), JSON. A POST is a task's
+call: the task pipeline (gateway/pipeline.py) takes the tenant's limits once the protocol's body is translated
+and its inputs are counted; any other request is charged here, as one request without inputs (429).
+The route (a JSON POST route runs here, see gateway/json_routes.py; the rest through FastAPI) then runs while
+the middleware listens for the client going away: a disconnect cancels the route, and with it the gRPC call, so
 the worker drops that request's queued work. Request metrics, the tenant's usage and the access log line (the
 audit record: tenant, route, model, inputs, tokens, status, duration, request id, client; never a text or a
-credential) are written here.
+credential) are written here; every refusal takes the shape of the path's protocol (gateway/errors.py).
 """
 
 import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 
 from opentelemetry import trace
-from starlette.responses import Response
 
-from gateway.errors import ApiError
-from gateway.json_routes import JsonRoute, count_inputs
+from gateway.errors import ApiError, shape_of
+from gateway.json_routes import JsonRoute
 from gateway.metrics import ALIAS_REQUESTS, ALIAS_SECONDS, HTTP_REQUESTS, HTTP_SECONDS
 from gateway.tenants import Admission, Tenant, TenantGate, current_tenant
 from torchgate.telemetry import REQUEST_ID_HEADER, accepted_request_id, request_id
@@ -34,6 +34,10 @@ MAX_HEADER_BYTES = 16 * 1024
 # Nginx's name for "the client closed the connection before the answer"; only ever a metric label.
 CLIENT_CLOSED = 499
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# The method of every task's call: its limits are taken by the task pipeline, once its inputs are counted.
+TASK_METHOD = "POST"
+# A body refused before it is read is not drained: the connection closes after the answer.
+CLOSE = {"Connection": "close"}
 
 
 def _is_json(content_type: bytes) -> bool:
@@ -44,8 +48,7 @@ def _is_json(content_type: bytes) -> bool:
 class EdgeMiddleware:
     def __init__(self, app, max_body_bytes: int, routes: frozenset[str], tenants: TenantGate,
                  open_paths: frozenset[str], json_routes: dict[str, JsonRoute],
-                 quiet_paths: frozenset[str] = frozenset(), raw_body_prefixes: tuple[str, ...] = (),
-                 error_shapes: tuple[tuple[str, Callable[[ApiError], Response]], ...] = ()):
+                 quiet_paths: frozenset[str] = frozenset(), raw_body_prefixes: tuple[str, ...] = ()):
         self.app = app
         self.json_routes = json_routes
         self.quiet_paths = quiet_paths
@@ -54,8 +57,6 @@ class EdgeMiddleware:
         self.tenants = tenants
         self.open_paths = open_paths
         self.raw_body_prefixes = raw_body_prefixes
-        # Path prefix -> how that protocol shapes an error (TorchServe, KServe, Open Inference); else ours.
-        self.error_shapes = error_shapes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -80,10 +81,9 @@ class EdgeMiddleware:
                 response_done.set()
             await send(message)
 
-        route = scope["path"] if scope["path"] in self.routes else "other"
+        route = state["route"] = scope["path"] if scope["path"] in self.routes else "other"
         tenant: Tenant | None = None
         admission: Admission | None = None
-        inputs = 0
         refusal = self._oversized_head(scope)
         try:
             if refusal is None and scope["path"] not in self.open_paths:
@@ -96,24 +96,21 @@ class EdgeMiddleware:
             elif body is not None:
                 json_route = self.json_routes.get(scope["path"]) if scope["method"] == "POST" else None
                 document = json_route.load(body) if json_route else None
-                inputs = count_inputs(document) if document is not None else 0
-                if tenant is not None:
-                    admission = await self.tenants.limiter.admit(tenant, inputs, route)
-                await self._serve(scope, body, document, json_route, receive, send_observed, response_done, tenant,
-                                  admission)
+                if tenant is not None and scope["method"] != TASK_METHOD:
+                    admission = await self.tenants.admit(tenant, 0, route)
+                    state.setdefault("response_headers", {}).update(admission.headers)
+                await self._serve(scope, body, document, json_route, receive, send_observed, response_done, tenant)
         except ApiError as error:
             refusal = error
         finally:
             if admission is not None:
                 admission.release()
         if refusal is not None:
-            shape = next((render for prefix, render in self.error_shapes if scope["path"].startswith(prefix)),
-                         ApiError.response)
-            await shape(refusal)(scope, receive, send_observed)
+            await shape_of(scope["path"]).render(refusal)(scope, receive, send_observed)
         elapsed = time.perf_counter() - started
         HTTP_REQUESTS.labels(route, str(status[0])).inc()
         HTTP_SECONDS.labels(route).observe(elapsed)
-        model, tokens = state.get("model", ""), state.get("tokens", 0)
+        model, tokens, inputs = state.get("model", ""), state.get("tokens", 0), state.get("inputs", 0)
         if "alias" in state:
             ALIAS_REQUESTS.labels(*state["alias"], str(status[0])).inc()
             ALIAS_SECONDS.labels(*state["alias"]).observe(elapsed)
@@ -141,7 +138,8 @@ class EdgeMiddleware:
             length = fields.get(b"content-length")
             if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
                 return ApiError(413, "request_too_large",
-                                f"the request body has {int(length)} bytes; the limit is {self.max_body_bytes}")
+                                f"the request body has {int(length)} bytes; the limit is {self.max_body_bytes}",
+                                headers=CLOSE)
             content_type = fields.get(b"content-type")
             if (content_type is not None and not _is_json(content_type)
                     and not scope["path"].startswith(self.raw_body_prefixes)):
@@ -158,16 +156,15 @@ class EdgeMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
-                return ApiError(413, "request_too_large", f"the request body exceeds {self.max_body_bytes} bytes")
+                return ApiError(413, "request_too_large", f"the request body exceeds {self.max_body_bytes} bytes",
+                                headers=CLOSE)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
     async def _serve(self, scope, body: bytes, document: dict | None, json_route: JsonRoute | None, receive, send,
-                     response_done: asyncio.Event, tenant: Tenant | None, admission: Admission | None) -> None:
+                     response_done: asyncio.Event, tenant: Tenant | None) -> None:
         """Run the route on the buffered body; cancel it if the client disconnects before the answer."""
-        if admission is not None and admission.headers:
-            send = _with_headers(send, admission.headers)
         if tenant is not None:
             current_tenant.set(tenant.name)
             trace.get_current_span().set_attribute("torchgate.tenant", tenant.name)
@@ -201,14 +198,3 @@ class EdgeMiddleware:
         finally:
             watcher.cancel()
 
-
-def _with_headers(send, headers: dict[str, str]):
-    """`send` with `headers` added to the response's start."""
-    encoded = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
-
-    async def sending(message):
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", ()), *encoded]}
-        await send(message)
-
-    return sending

@@ -1,9 +1,13 @@
 """The model registry: per task one or more pools, each one model behind one gRPC target (its replicas).
 
-A pool learns its model id and limits from its worker's Info (gateway/upstream.py); a request's `model` picks
-the pool: the full id or its last path part, none for the task's first pool. Breaker, bulkhead, deadlines and
-readiness belong to each pool's Upstream, so one model's failure never touches another's traffic.
+A pool learns its model id and limits from its worker's Info (gateway/upstream/); a request's `model` picks the
+pool, on every protocol by one rule: a served id (or the configured model a fallback stands in for) in full
+first; else a short name (the last path part of an id; derived ids such as `few-shot:…` have none) that exactly
+one pool answers to; several are a 400 naming them; none for the task's first pool. Breaker, bulkhead,
+deadlines and readiness belong to each pool's Upstream, so one model's failure never touches another's traffic.
 """
+
+from collections.abc import Iterable
 
 from gateway.contract import clip
 from gateway.errors import ApiError
@@ -25,6 +29,20 @@ def pool_name(task: str, index: int) -> str:
     return task if index == 0 else f"{task}-{index + 1}"
 
 
+def answering(pools: Iterable[tuple[str, Upstream]], name: str) -> list[tuple[str, Upstream]]:
+    """The (task, pool) pairs that answer to `name`: those serving it in full, else those it is a short name of."""
+    known = [(task, pool) for task, pool in pools if pool.limits is not None]
+    exact = [(task, pool) for task, pool in known if name in (pool.limits.model_id, pool.limits.stands_in_for)]
+    return exact or [(task, pool) for task, pool in known if name in pool.limits.names()]
+
+
+def ambiguous(name: str, candidates: list[tuple[str, Upstream]]) -> ApiError:
+    tasks = sorted({task for task, _ in candidates})
+    across = f" of several tasks ({', '.join(tasks)})" if len(tasks) > 1 else ""
+    return ApiError(400, "invalid_request_error", f"model {clip(name)!r} names several models{across}: "
+                    f"{', '.join(repr(pool.limits.model_id) for _, pool in candidates)}; use the full id")
+
+
 class ModelPools:
     """The pools serving one task, in configuration order; the first is the default."""
 
@@ -36,9 +54,11 @@ class ModelPools:
         """The pool serving `requested`; 404 naming the served models when none does."""
         if not requested:
             return self.pools[0]
-        for pool in self.pools:
-            if pool.limits is not None and requested in pool.limits.names():
-                return pool
+        candidates = answering(((self.task, pool) for pool in self.pools), requested)
+        if len(candidates) == 1:
+            return candidates[0][1]
+        if candidates:
+            raise ambiguous(requested, candidates)
         served = [pool.limits.model_id for pool in self.pools if pool.limits is not None]
         unknown = len(self.pools) - len(served)
         if unknown == 0:
@@ -50,3 +70,18 @@ class ModelPools:
         raise ApiError(503, "upstream_unavailable",
                        f"model {clip(requested)!r} is not among the models known now ({', '.join(served) or 'none'});"
                        f" {unknown} {self.task} pool(s) have not answered yet: retry shortly", self.task, 1)
+
+
+def task_of(registry: dict[str, ModelPools], aliases: dict, name: str) -> str:
+    """The task of the model a protocol without a task in its path names (TorchServe, KServe, Open Inference):
+    a served name, or an alias's first version's (`alias@version` pins one)."""
+    base = name.partition("@")[0]
+    wanted = aliases[base].versions[0].model if base in aliases else name
+    candidates = answering(((task, pool) for task, pools in registry.items() for pool in pools.pools), wanted)
+    if len(candidates) > 1:
+        raise ambiguous(name, candidates)
+    if not candidates:
+        served = [pool.limits.model_id for pools in registry.values() for pool in pools.pools if pool.limits]
+        raise ApiError(404, "model_not_found", f"model {clip(name)!r} is not served; served: "
+                       f"{', '.join(map(repr, served + list(aliases)))}")
+    return candidates[0][0]

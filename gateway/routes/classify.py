@@ -1,20 +1,14 @@
 """Intent classification: POST /v1/classify, and the BetterPrompts-compatible /api/v1/intents/* routes."""
 
-import struct
-
-import numpy as np
 from fastapi import APIRouter, Request
-from google.protobuf.message import DecodeError
 from pydantic import ConfigDict, Field, model_validator
 
-from gateway.cache import CacheOutcome, Computed
-from gateway.contract import RequestBody, enforce_texts, json_int, text_type, texts_type
-from gateway.dependencies import ModelRequest, account, mirror, model_pool, request_timeout, response_cache
+from gateway import pipeline
+from gateway.contract import ModelRequest, RequestBody, json_int, text_type, texts_type
 from gateway.errors import MODEL_ROUTE_ERRORS, ApiError
-from gateway.merging import Mergeable
 from gateway.responses import JSONResponse
-from gateway.upstream import Upstream
-from torchgate.v1 import classifier_pb2, common_pb2
+from gateway.tasks.classify import CLASSIFY, Classified, ClassifyCall
+from torchgate.v1 import classifier_pb2
 
 router = APIRouter(responses=MODEL_ROUTE_ERRORS)
 
@@ -52,76 +46,6 @@ class BetterPromptsBatchRequest(RequestBody):
     force_intent: bool = FORCE_INTENT
 
 
-def _classify_reply_part(reply: classifier_pb2.ClassifyResponse, start: int,
-                         stop: int) -> classifier_pb2.ClassifyResponse:
-    """The reply to texts start:stop of a merged call."""
-    input_tokens = reply.input_tokens[start:stop]
-    tokens = sum(input_tokens)
-    return classifier_pb2.ClassifyResponse(
-        results=reply.results[start:stop], model=reply.model,
-        usage=common_pb2.Usage(prompt_tokens=tokens, total_tokens=tokens), timing=reply.timing,
-        input_tokens=input_tokens, fingerprint=reply.fingerprint)
-
-
-MERGE_TEXTS = Mergeable("texts", _classify_reply_part)
-# A cached classification: the tokens the model saw, then the Classification message.
-TOKENS = struct.Struct("<I")
-
-
-async def classify_texts(request: Request, texts: list[str], field: str, top_k: int = 0, model: str = "",
-                    timeout: float | None = None,
-                    force_intent: bool = False) -> tuple[classifier_pb2.ClassifyResponse, CacheOutcome]:
-    """The classifications of `texts`, through the response cache, and what the cache answered. Mirrored to
-    the alias's shadow when the request was chosen for it (agreement: the share of texts given the same
-    intent)."""
-    client, model = model_pool(request, "classifier", model)
-    reply, outcome = await _classify_with(request, client, model or "", texts, field, top_k, timeout, force_intent)
-    account(request, reply.model, reply.usage.total_tokens)
-    intents = [result.intent for result in reply.results]
-    mirror(request, "classifier", lambda pool, name: _classify_with(
-        request, pool, name, texts, field, top_k, timeout, force_intent),
-        lambda shadow: float(np.mean([a == b.intent for a, b in zip(intents, shadow[0].results, strict=True)])))
-    return reply, outcome
-
-
-async def _classify_with(request: Request, client: Upstream, model: str, texts: list[str], field: str, top_k: int,
-                         timeout: float | None,
-                         force_intent: bool) -> tuple[classifier_pb2.ClassifyResponse, CacheOutcome]:
-    enforce_texts(client.limits, texts, field, client.name)
-    deadline = request_timeout(request, client, timeout)
-
-    async def call(subset: list[str], timeout: float = deadline) -> classifier_pb2.ClassifyResponse:
-        return await client.call("Classify", classifier_pb2.ClassifyRequest(
-            texts=subset, top_k=top_k, model=model, force_intent=force_intent), timeout, merge=MERGE_TEXTS)
-
-    cache = response_cache(request, client, "classifier", (top_k, force_intent))
-    if cache is None:
-        return await call(texts), CacheOutcome(0, len(texts))
-
-    async def compute(indices: list[int], timeout: float) -> Computed:
-        reply = await call([texts[i] for i in indices], timeout)
-        if reply.fingerprint != cache.scope.fingerprint:
-            client.model_changed()
-        return Computed([TOKENS.pack(tokens) + result.SerializeToString(deterministic=True)
-                         for tokens, result in zip(reply.input_tokens, reply.results, strict=True)],
-                        reply.fingerprint)
-
-    values, outcome = await cache.resolve([text.encode() for text in texts], compute, deadline,
-                                          valid=_is_classification)
-    tokens = sum(TOKENS.unpack_from(value)[0] for value in values)
-    return classifier_pb2.ClassifyResponse(
-        results=[classifier_pb2.Classification.FromString(value[TOKENS.size:]) for value in values],
-        model=cache.scope.model_id, usage=common_pb2.Usage(prompt_tokens=tokens, total_tokens=tokens)), outcome
-
-
-def _is_classification(value: bytes) -> bool:
-    try:
-        classifier_pb2.Classification.FromString(value[TOKENS.size:])
-    except DecodeError:
-        return False
-    return len(value) > TOKENS.size
-
-
 def _score(value: float) -> float:
     """Scores cross the wire as float32; six decimals keep the JSON free of float32 noise."""
     return round(value, 6)
@@ -137,7 +61,7 @@ def _result(result: classifier_pb2.Classification) -> dict:
     }
 
 
-def _better_prompts(result: classifier_pb2.Classification, reply: classifier_pb2.ClassifyResponse) -> dict:
+def _better_prompts(result: classifier_pb2.Classification, reply: Classified) -> dict:
     return {
         "intent": result.intent,
         "confidence": _score(result.confidence),
@@ -147,7 +71,7 @@ def _better_prompts(result: classifier_pb2.Classification, reply: classifier_pb2
             "complexity_score": _score(result.complexity.score),
             "top_intents": [{"intent": t.intent, "score": _score(t.score)} for t in result.top],
             "model": reply.model,
-            "tokens": reply.usage.total_tokens,
+            "tokens": reply.tokens,
         },
     }
 
@@ -155,16 +79,18 @@ def _better_prompts(result: classifier_pb2.Classification, reply: classifier_pb2
 @router.post("/v1/classify", response_class=JSONResponse)
 async def classify(body: ClassifyRequest, request: Request):
     field, texts = ("text", [body.text]) if "text" in body.model_fields_set else ("texts", body.texts)
-    reply, cached = await classify_texts(request, texts, field, body.top_k or 0, body.model or "", body.timeout,
-                                    body.force_intent)
-    return JSONResponse({"results": [_result(r) for r in reply.results], "model": reply.model,
-                         "usage": {"total_tokens": reply.usage.total_tokens}}, headers=cached.headers())
+    classified = await pipeline.run(request, CLASSIFY, ClassifyCall(
+        texts=texts, field=field, model=body.model, timeout=body.timeout, top_k=body.top_k or 0,
+        force_intent=body.force_intent))
+    return JSONResponse({"results": [_result(r) for r in classified.results], "model": classified.model,
+                         "usage": {"total_tokens": classified.tokens}}, headers=classified.cache.headers())
 
 
 @router.post("/api/v1/intents/classify", response_class=JSONResponse)
 async def classify_one(body: BetterPromptsRequest, request: Request):
-    reply, cached = await classify_texts(request, [body.text], "text", force_intent=body.force_intent)
-    return JSONResponse(_better_prompts(reply.results[0], reply), headers=cached.headers())
+    classified = await pipeline.run(request, CLASSIFY, ClassifyCall(texts=[body.text], field="text",
+                                                                    force_intent=body.force_intent))
+    return JSONResponse(_better_prompts(classified.results[0], classified), headers=classified.cache.headers())
 
 
 @router.post("/api/v1/intents/classify/batch", response_class=JSONResponse)
@@ -172,14 +98,16 @@ async def classify_batch(body: BetterPromptsBatchRequest, request: Request):
     if len(body.texts) > MAX_BATCH:
         raise ApiError(413, "request_too_large",
                        f"texts has {len(body.texts)} items; at most {MAX_BATCH} per batch: split the request")
-    reply, cached = await classify_texts(request, body.texts, "texts", force_intent=body.force_intent)
-    return JSONResponse({"results": [_better_prompts(r, reply) for r in reply.results]}, headers=cached.headers())
+    classified = await pipeline.run(request, CLASSIFY, ClassifyCall(texts=body.texts, force_intent=body.force_intent))
+    return JSONResponse({"results": [_better_prompts(r, classified) for r in classified.results]},
+                        headers=classified.cache.headers())
 
 
 @router.get("/api/v1/intents/types", response_class=JSONResponse)
 async def intent_types(request: Request):
-    client, _ = model_pool(request, "classifier", None)
-    reply = await client.call("ListIntents", classifier_pb2.ListIntentsRequest(), request_timeout(request, client))
+    client, _ = pipeline.route(request, "classifier", None)
+    reply = await client.call("ListIntents", classifier_pb2.ListIntentsRequest(),
+                              pipeline.request_timeout(request, client))
     return JSONResponse({
         "intents": [{"name": i.name, "description": i.description, "examples": i.examples} for i in reply.intents],
         "complexity_levels": list(reply.complexity_levels),

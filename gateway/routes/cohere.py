@@ -6,13 +6,13 @@ from typing import Literal
 from fastapi import APIRouter, Request
 from pydantic import Field
 
-from gateway.contract import LIMIT_KEY, UINT32_MAX, json_int, text_type, texts_type
-from gateway.dependencies import ModelRequest, account, model_pool
+from gateway import pipeline
+from gateway.contract import LIMIT_KEY, UINT32_MAX, ModelRequest, json_int, text_type, texts_type
 from gateway.errors import MODEL_ROUTE_ERRORS
 from gateway.quantize import EMBEDDING_TYPES, by_type
 from gateway.responses import JSONResponse
-from gateway.routes.embeddings import embed
-from gateway.routes.rerank import rank
+from gateway.tasks.embed import EMBED, EmbedCall
+from gateway.tasks.rerank import RERANK, RerankCall
 
 router = APIRouter(responses=MODEL_ROUTE_ERRORS)
 
@@ -46,11 +46,9 @@ class CohereRerankRequest(ModelRequest):
 
 @router.post("/v2/embed", response_class=JSONResponse)
 async def cohere_embed(body: CohereEmbedRequest, request: Request):
-    client, model = model_pool(request, "embedding", body.model)
-    embedded = await embed(request, client, body.texts, model=model, truncate=body.truncate == "END",
-                           dimensions=body.output_dimension, timeout=body.timeout, input_type=body.input_type,
-                           field="texts")
-    account(request, embedded.model, embedded.tokens)
+    embedded = await pipeline.run(request, EMBED, EmbedCall(
+        inputs=body.texts, model=body.model, timeout=body.timeout, truncate=body.truncate == "END",
+        dimensions=body.output_dimension, input_type=body.input_type, field="texts"))
     return JSONResponse({
         "id": str(uuid.uuid4()),
         "response_type": "embeddings_by_type",
@@ -62,10 +60,9 @@ async def cohere_embed(body: CohereEmbedRequest, request: Request):
 
 @router.post("/v2/rerank", response_class=JSONResponse)
 async def cohere_rerank(body: CohereRerankRequest, request: Request):
-    client, model = model_pool(request, "reranking", body.model)
-    ranked = await rank(request, client, body.query, body.documents, model=model, top_n=body.top_n,
-                        max_tokens_per_doc=body.max_tokens_per_doc, timeout=body.timeout)
-    account(request, ranked.model, ranked.tokens)
+    ranked = await pipeline.run(request, RERANK, RerankCall(
+        query=body.query, documents=body.documents, model=body.model, timeout=body.timeout, top_n=body.top_n,
+        max_tokens_per_doc=body.max_tokens_per_doc))
     return JSONResponse({
         "id": str(uuid.uuid4()),
         "results": [{"index": index, "relevance_score": score} for index, score in ranked.results],

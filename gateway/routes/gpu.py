@@ -4,8 +4,8 @@ from fastapi import APIRouter, Path, Request
 from google.protobuf.json_format import MessageToDict
 
 from gateway.contract import UINT32_MAX
-from gateway.dependencies import request_timeout, upstream
 from gateway.errors import documented_errors
+from gateway.pipeline import request_timeout, upstream
 from gateway.responses import JSONResponse
 from torchgate.v1 import gpu_pb2
 

@@ -1,12 +1,11 @@
 """Liveness, readiness (per upstream) and Prometheus metrics."""
 
-import asyncio
-
 from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import PlainTextResponse
 
 from gateway.metrics import exposition
+from gateway.readiness import readiness
 from gateway.responses import JSONResponse
 
 router = APIRouter()
@@ -21,11 +20,7 @@ async def live():
             responses={503: {"description": "Some upstream is not SERVING; the body has each one's details."}})
 async def ready(request: Request):
     """200 when every configured upstream is SERVING, else 503; always with each upstream's details."""
-    upstreams = request.app.state.upstreams
-    timeout = request.app.state.settings.health_timeout_s
-    probes = await asyncio.gather(*(client.probe(timeout) for client in upstreams.values()))
-    details = dict(zip(upstreams, probes, strict=True))
-    is_ready = all(probe["status"] == "SERVING" for probe in probes)
+    is_ready, details = await readiness(request, request.app.state.upstreams.values())
     return JSONResponse(
         {"status": "ready" if is_ready else "not_ready", "upstreams": details},
         status_code=200 if is_ready else 503,

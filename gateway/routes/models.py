@@ -6,12 +6,10 @@ from fastapi import APIRouter, Request
 
 from gateway.errors import ApiError, documented_errors
 from gateway.responses import JSONResponse
+from gateway.tasks.catalog import MODEL_TASKS
 from torchgate.v1 import common_pb2
 
 router = APIRouter(responses=documented_errors(400, 401, 429, 502, 503, 504))
-
-# Upstreams that serve models, and the task each one's models do.
-MODEL_TASKS = {"embedding": "embedding", "reranking": "rerank", "classifier": "classify"}
 
 
 @router.get("/v1/models", response_class=JSONResponse)
@@ -23,7 +21,7 @@ async def list_models(request: Request):
     data = [
         {
             "id": info.model_id, "object": "model", "created": 0, "owned_by": "torchgate",
-            "task": MODEL_TASKS[task], "upstream": pool.name, "device": info.device, "dtype": info.dtype,
+            "task": MODEL_TASKS[task].name, "upstream": pool.name, "device": info.device, "dtype": info.dtype,
             "dtype_reason": info.dtype_reason or None, "backend": info.backend or None,
             "backend_reason": info.backend_reason or None,
             "max_input_tokens": info.max_input_tokens, "dimension": info.dimension or None,

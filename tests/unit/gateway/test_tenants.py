@@ -246,7 +246,7 @@ async def test_two_gateways_share_one_limit_through_redis(fake_embedding_worker,
             replies = await asyncio.gather(*(client.post("/v1/embeddings", json=EMBED, headers=bearer("k"))
                                              for _ in range(30) for client in (first, second)))
             for client in (first, second):
-                await asyncio.gather(*client.app.state.tenants._writes)
+                await asyncio.gather(*client.app.state.tenants.ledger.writes)
             usage = {name.decode(): int(value) for name, value in server.client().hgetall("tgu:acme").items()}
     allowed = sum(reply.status_code == 200 for reply in replies)
     assert {reply.status_code for reply in replies} == {200, 429}

@@ -1,16 +1,14 @@
-"""One client per worker service: a gRPC channel over its replicas, a circuit breaker, a bulkhead, deadlines.
+"""The call to one worker service: through its circuit breaker, its bulkhead (and each tenant's share of it) and
+a deadline; its health followed and its published limits learned.
 
 gRPC itself retries UNAVAILABLE with exponential backoff and jitter inside the deadline and balances
-round-robin across replicas (the channel's service config); this class adds what gRPC lacks.
+round-robin across replicas (the channel's service config, gateway/upstream/channel.py); this adds what gRPC lacks.
 """
 
 import asyncio
 import contextlib
-import ipaddress
-import json
 import logging
 import time
-from typing import Any
 
 import grpc
 import pybreaker
@@ -20,8 +18,10 @@ from gateway.config import UpstreamSettings
 from gateway.contract import Limits
 from gateway.errors import ApiError, error_from_grpc
 from gateway.merging import CallMerger, Mergeable
-from gateway.metrics import BREAKER_STATE, TENANT_REFUSALS, UPSTREAM_CALLS
-from gateway.tenants import current_tenant
+from gateway.metrics import TENANT_REFUSALS, UPSTREAM_CALLS
+from gateway.tenants.identity import current_tenant
+from gateway.upstream.breaker import BreakerMonitor
+from gateway.upstream.channel import channel_options, grpc_target
 from torchgate.telemetry import REQUEST_ID_HEADER, request_id
 from torchgate.v1 import common_pb2
 
@@ -30,110 +30,20 @@ log = logging.getLogger(__name__)
 # Failures that say the upstream is unhealthy; client errors and overload do not trip the breaker.
 BREAKER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                            grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
-_STATE_VALUES = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_HALF_OPEN: 1, pybreaker.STATE_OPEN: 2}
 # Trailing metadata a worker sets when it dropped a request whose deadline passed in its queue (overload, not a fault).
 WORKER_ERROR_KEY = "torchgate-error"
 QUEUE_EXPIRED = "queue_expired"
 # How often a known worker's limits are read again (replicas may restart with other settings).
 LIMITS_REFRESH_S = 30.0
 LIMITS_RETRY_S = 1.0
-# gRPC's default of 30 s between DNS look-ups would leave a replaced replica unreachable for up to 30 s.
-DNS_MIN_INTERVAL_MS = 1_000
 # After the health protocol says SERVING again, an open breaker tries at once; each early trial that failed
 # since the breaker last closed doubles the wait (1 s, 2 s, 4 s, ...) up to breaker_reset_s.
 EARLY_TRIAL_BACKOFF_S = 1.0
 HEALTH_RETRY_S = 0.5
 
 
-# gRPC target URI schemes passed to the channel as they are (dns://AUTHORITY/name:port, ipv4:, unix:, ...).
-TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:")
-
-
-def grpc_target(addresses: str) -> str:
-    """A gRPC target URI as given; else `ipv4:`/`ipv6:` for a list of IP literals, `dns:///` for one host name."""
-    addresses = addresses.strip()
-    if addresses.startswith(TARGET_SCHEMES) and not addresses.partition(":")[2].isdigit():
-        return addresses
-    parts = [part.strip() for part in addresses.split(",") if part.strip()]
-    if not parts:
-        raise ValueError("an upstream needs at least one address")
-    hosts = [part.rsplit(":", 1)[0].strip("[]") for part in parts]
-    try:
-        versions = {ipaddress.ip_address(host).version for host in hosts}
-    except ValueError:
-        if len(parts) == 1:
-            return f"dns:///{parts[0]}"
-        raise ValueError(
-            f"{addresses!r}: several replicas must be IP:port literals; for DNS use one name that resolves "
-            "to every replica (a headless Service)"
-        ) from None
-    if len(versions) > 1:
-        raise ValueError(f"{addresses!r}: mix of IPv4 and IPv6 replicas")
-    return f"ipv{versions.pop()}:{','.join(parts)}"
-
-
-def channel_options(service: str, settings: UpstreamSettings) -> list[tuple[str, Any]]:
-    """Retries, round-robin over the replicas that report SERVING, keepalive, fast reconnects and re-resolution.
-
-    `healthCheckConfig` makes the channel watch every replica's gRPC health: one that is loading or draining
-    (NOT_SERVING) gets no new calls. Workers age their connections out (max_connection_age), and each reconnect
-    re-resolves a DNS target, so replicas that join a headless Service are found.
-    """
-    service_config = {
-        "loadBalancingConfig": [{"round_robin": {}}],
-        "healthCheckConfig": {"serviceName": service},
-        "methodConfig": [{
-            "name": [{"service": service}],
-            "retryPolicy": {
-                "maxAttempts": settings.retry_attempts,
-                "initialBackoff": "0.05s",
-                "maxBackoff": "1s",
-                "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"],
-            },
-        }],
-    }
-    return [
-        ("grpc.service_config", json.dumps(service_config)),
-        ("grpc.enable_retries", 1),
-        ("grpc.keepalive_time_ms", 10_000),
-        ("grpc.keepalive_timeout_ms", 5_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 2_000),
-        ("grpc.dns_min_time_between_resolutions_ms", DNS_MIN_INTERVAL_MS),
-        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-        ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ]
-
-
 def _worker_error(error: grpc.aio.AioRpcError) -> str:
     return next((value for key, value in error.trailing_metadata() or () if key == WORKER_ERROR_KEY), "")
-
-
-class BreakerMonitor(pybreaker.CircuitBreakerListener):
-    """Logs and exports state changes; remembers when the breaker opened (for Retry-After) and how many trials
-    failed since it last closed (for the back-off of early trials)."""
-
-    def __init__(self, upstream: str):
-        self.upstream = upstream
-        self.opened_at = 0.0
-        self.failed_trials = 0
-        BREAKER_STATE.labels(upstream).set(0)
-
-    def state_change(self, cb, old_state, new_state) -> None:
-        if new_state.name == pybreaker.STATE_OPEN:
-            self.opened_at = time.monotonic()
-            if old_state and old_state.name == pybreaker.STATE_HALF_OPEN:
-                self.failed_trials += 1
-        elif new_state.name == pybreaker.STATE_CLOSED:
-            self.failed_trials = 0
-        if old_state and old_state.name == new_state.name:
-            return  # a call that was in flight when the breaker opened failed too: not a transition
-        BREAKER_STATE.labels(self.upstream).set(_STATE_VALUES[new_state.name])
-        log.warning("circuit breaker %s -> %s", old_state.name if old_state else None, new_state.name,
-                    extra={"upstream": self.upstream, "failures": cb.fail_counter})
 
 
 class Upstream:
@@ -260,7 +170,7 @@ class Upstream:
         """
         if self.in_flight >= self.settings.max_concurrency:
             raise ApiError(429, "overloaded", f"too many concurrent requests for the {self.name} service; retry later",
-                           self.name, 1)
+                           self.name, 1, shared=True)
         tenant = current_tenant.get()
         self._check_share(tenant)
         self.in_flight += 1
@@ -334,7 +244,7 @@ class Upstream:
         remaining = self.settings.breaker_reset_s - (time.monotonic() - self.monitor.opened_at)
         return ApiError(503, "upstream_unavailable",
                         f"the {self.name} service is failing; its circuit breaker is open", self.name,
-                        max(1.0, remaining))
+                        max(1.0, remaining), shared=True)
 
     async def probe(self, timeout: float) -> dict:
         """Health of the service (gRPC health protocol) with breaker state and probe latency."""
