@@ -1,6 +1,7 @@
 """A deterministic model adapter for tests of the batcher and the gateway (no torch, no weights)."""
 
 import hashlib
+import re
 import threading
 
 import numpy as np
@@ -36,6 +37,11 @@ class FakeAdapter(ModelAdapter):
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         return [len(text.split()) + 2 for text in texts]
+
+    def tokenize(self, texts: list[str], add_special_tokens: bool) -> list[list[tuple[int, str, bool, int, int]]]:
+        """Whitespace words as tokens, each word's id its length (the embedding adapter's shape of an answer)."""
+        return [[(len(match.group()), match.group(), False, match.start(), match.end())
+                 for match in re.finditer(r"\S+", text)] for text in texts]
 
     def preprocess(self, items: list) -> Prepared:
         """Token-id inputs stand for the text of their ids, so equal ids give equal vectors."""

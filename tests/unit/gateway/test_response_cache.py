@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.cache import MAX_ENTRY_SHARE, MemoryTier
 from services.embedding.servicer import EmbeddingServicer
 from services.embedding.settings import EmbeddingSettings
-from tests.fakes import FakeAdapter
+from tests.fakes import FAIL_TEXT, FakeAdapter
 from tests.network import released_port
 from tests.redis_server import redis_server
 from tests.unit.gateway.conftest import gateway_client, unused_address
@@ -170,6 +170,28 @@ async def test_a_request_that_failed_leaves_nothing_behind(fake_embedding_worker
         reply = await waiting
     assert reply.status_code == 200 and cache_header(reply) == (0, 1)
     np.testing.assert_allclose(reply.json()["data"][0]["embedding"], normalized("wait for me"), rtol=1e-6)
+
+
+async def test_waiters_get_the_owners_upstream_failure_at_once_and_compute_nothing_again(fake_embedding_worker):
+    """The owner of a fill fails for the upstream's reasons (the worker's device failed): its waiters get the same
+    502 the moment it does, without a second call, however long their own deadline."""
+    adapter = fake_embedding_worker.servicer.adapter
+    async with gateway_client(f"127.0.0.1:{fake_embedding_worker.port}", breaker_fail_max=100) as client:
+        computing = client.app.state.cache._computing
+        adapter.gate.clear()
+        try:
+            owner = asyncio.create_task(client.post("/v1/embeddings", json={"input": [FAIL_TEXT]}))
+            await until(lambda: len(computing) == 1)
+            waiters = [asyncio.create_task(client.post("/v1/embeddings", json={"input": [FAIL_TEXT], "timeout": 60}))
+                       for _ in range(3)]
+            await asyncio.sleep(0.2)
+        finally:
+            adapter.gate.set()
+        async with asyncio.timeout(5):
+            replies = [await owner, *[await waiter for waiter in waiters]]
+    assert [reply.status_code for reply in replies] == [502] * 4
+    assert {reply.json()["error"]["type"] for reply in replies} == {"upstream_error"}
+    assert forwarded(fake_embedding_worker).count(FAIL_TEXT) == 1, "the waiters sent nothing of their own"
 
 
 def test_the_memory_tier_keeps_its_bound_and_refuses_entries_too_large_for_it():
