@@ -8,7 +8,7 @@ GATEWAY_VENV := .venv-gateway
 PROTOS := $(wildcard protos/torchgate/v1/*.proto)
 K8S_MANIFESTS := $(shell find ops/docker/k8s -name '*.yaml')
 
-.PHONY: install protos check-protos run start stop health images test test-gateway-isolated redis-server lint bench fuzz mutate clean
+.PHONY: install protos check-protos run start stop health images test test-gateway-isolated redis-server lint bench bench-gateway fuzz mutate clean
 
 install: $(INSTALLED)
 
@@ -73,6 +73,11 @@ test-gateway-isolated:
 bench: $(INSTALLED)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m bench
+
+# This checkout's gateway against BASE's on one mesh, loads alternating (bench/gateway_change.py).
+bench-gateway: $(INSTALLED)
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m bench.gateway_change $(BASE)
 
 # Schemathesis, every check, >= 1,000 generated cases against a mesh of its own (schemathesis.toml says why
 # two checks accept 504 and 413). Not part of `make test`, which runs a shorter pass of the same.

@@ -3,6 +3,7 @@ BetterPrompts classifier's TorchServe calls replayed with httpx, timeouts includ
 """
 
 import struct
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -149,3 +150,25 @@ def test_the_seed_clients_torchserve_calls_replayed_with_httpx(mesh):
         hasty.post(f"/predictions/{INTENT_CLASSIFIER}", json={"texts": TEXTS * 30})
     with httpx.Client(base_url=mesh.url, timeout=30) as seed:
         assert seed.post(f"/predictions/{INTENT_CLASSIFIER}", json={"text": TEXTS[1]}).status_code == 200
+
+
+def test_every_listed_name_and_the_short_name_work_on_every_protocol(mesh, client):
+    """The default mesh: the embedder's short name is its own (the reranker's fallback and the few-shot
+    classifier are derived from it and answer in full only); TorchServe and KServe take ids percent-encoded."""
+    short = MINILM.rsplit("/", 1)[-1]
+    expected = np.array([item["embedding"] for item in native(mesh, "/v1/embeddings", {"input": TEXTS})["data"]],
+                        dtype=np.float32)
+    assert client.is_model_ready(short)
+    np.testing.assert_array_equal(client.infer(short, [texts_input("text", TEXTS)]).as_numpy("embedding"), expected)
+    kserve = httpx.post(f"{mesh.url}/v1/models/{quote(MINILM, safe='')}:predict", json={"instances": TEXTS},
+                        timeout=60)
+    assert kserve.status_code == 200, kserve.text
+    np.testing.assert_array_equal(np.array(kserve.json()["predictions"], dtype=np.float32), expected)
+    listed = [entry["modelName"] for entry in httpx.get(f"{mesh.url}/models", timeout=30).json()["models"]]
+    assert MINILM in listed and len(listed) == 4, listed  # three served models and the alias
+    for name in listed:
+        body = {"query": TEXTS[0], "documents": DOCUMENTS} if name.startswith("fallback:") else {"data": TEXTS[0]}
+        reply = httpx.post(f"{mesh.url}/predictions/{quote(name, safe='')}", json=body, timeout=60)
+        assert reply.status_code == 200, (name, reply.text)
+        described = httpx.get(f"{mesh.url}/models/{quote(name, safe='')}", timeout=30)
+        assert described.status_code == 200 and described.json()[0]["workers"][0]["status"] == "READY", name
