@@ -8,7 +8,7 @@ GATEWAY_VENV := .venv-gateway
 PROTOS := $(wildcard protos/torchgate/v1/*.proto)
 K8S_MANIFESTS := $(shell find ops/docker/k8s -name '*.yaml')
 
-.PHONY: install protos check-protos run start stop health images test test-gateway-isolated redis-server lint bench bench-gateway fuzz mutate clean
+.PHONY: install protos check-protos run start stop health images test test-gateway-isolated redis-server lint docs chromium bench bench-gateway fuzz mutate clean
 
 install: $(INSTALLED)
 
@@ -55,12 +55,20 @@ lint: $(INSTALLED)
 	docker-compose -f ops/docker/docker-compose.yml -f ops/docker/docker-compose.two-models.yml config -q
 	docker-compose -f ops/docker/docker-compose.yml -f ops/docker/docker-compose.gpu.yml config -q
 
-# The response cache's and rate limits' tests start Debian's redis-server, as an operator would.
-test: $(INSTALLED) lint redis-server test-gateway-isolated
+# The response cache's and rate limits' tests start Debian's redis-server, as an operator would; the docs site's
+# test opens the built site in Debian's headless Chromium.
+test: $(INSTALLED) lint docs redis-server chromium test-gateway-isolated
 	$(BIN)/python -m pytest
 
 redis-server:
 	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null)
+
+chromium:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+# The documentation site (MkDocs Material) into .run/site; --strict: a broken link or a missing page fails it.
+docs: $(INSTALLED)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 # The gateway's own tests in a virtualenv that has only the gateway dependency set: no torch anywhere.
 test-gateway-isolated:

@@ -11,7 +11,8 @@ worker chose, the gateway hop and every process's RSS. Then the cost of tracing:
 load again on a mesh that exports every span to an OTLP/gRPC receiver in this process. Last, the cost of
 containers, where `make images` has built them: embed C=32 x 1 through the containerized mesh
 (`scripts/start.sh --compose`) between two runs of the same load on the local mesh. Then the edge
-(bench/edge.py): the response cache's gain and costs, and the tenants' cost. The serving loads send
+(bench/edge.py): the response cache's gain and costs, and the tenants' cost; last, the charts (bench/charts.py)
+next to the report and into docs/charts/. The serving loads send
 `Cache-Control: no-cache`: they repeat one corpus, which the cache would otherwise answer.
 """
 
@@ -239,6 +240,9 @@ def main() -> None:
     out = ROOT / "bench/results" / f"{time.strftime('%Y%m%d-%H%M%S')}-{platform.node() or 'host'}.json"
     out.write_text(json.dumps(report, indent=2))
     print(f"\nreport: {out.relative_to(ROOT)}")
+    from bench.charts import draw
+
+    print("charts: " + ", ".join(str(path.relative_to(ROOT)) for path in draw(out)))
 
 
 def print_table(report: dict) -> None:

@@ -64,6 +64,10 @@ def _ready(port_file: Path) -> bool:
         return False
 
 
+def _cells(run: dict) -> str:
+    return f"{run['rate']:>8.1f} {run['p50_ms']:>5.1f}ms {run['p99_ms']:>5.0f}ms"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("base", help="the revision to compare with (a commit, tag or branch)")
@@ -97,9 +101,7 @@ def main() -> None:
     for key, sides in results.items():
         best = {side: max(runs, key=lambda run: run["rate"]) for side, runs in sides.items()}
         report["loads"][key] = {"best": best, "rounds": sides, "ratio": best["head"]["rate"] / best["base"]["rate"]}
-        print(f"{key:<12} | {best['base']['rate']:>8.1f} {best['base']['p50_ms']:>5.1f}ms {best['base']['p99_ms']:>5.0f}ms"
-              f" | {best['head']['rate']:>8.1f} {best['head']['p50_ms']:>5.1f}ms {best['head']['p99_ms']:>5.0f}ms"
-              f" | {report['loads'][key]['ratio']:.3f}x")
+        print(f"{key:<12} | {_cells(best['base'])} | {_cells(best['head'])} | {report['loads'][key]['ratio']:.3f}x")
     out = ROOT / "bench/results" / f"{time.strftime('%Y%m%d-%H%M%S')}-gateway-change.json"
     out.write_text(json.dumps(report, indent=2))
     print(f"report: {out.relative_to(ROOT)}")

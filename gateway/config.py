@@ -73,9 +73,13 @@ class GatewaySettings(BaseSettings):
     redis_timeout_s: float = Field(0.25, gt=0, description="Deadline of one Redis operation; a request slowed past "
                                                            "it goes on without Redis.")
     health_timeout_s: float = Field(1.0, gt=0, description="Deadline of each upstream health probe in /health/ready.")
-    log_level: str = Field("INFO", validation_alias=AliasChoices("TORCHGATE_LOG_LEVEL", "log_level"))
-    log_format: str = Field("json", validation_alias=AliasChoices("TORCHGATE_LOG_FORMAT", "log_format"))
-    otlp_endpoint: str = Field("", validation_alias=AliasChoices("TORCHGATE_OTLP_ENDPOINT", "otlp_endpoint"))
+    log_level: str = Field("INFO", validation_alias=AliasChoices("TORCHGATE_LOG_LEVEL", "log_level"),
+                           description="DEBUG, INFO, WARNING or ERROR (every process reads the same variable).")
+    log_format: str = Field("json", validation_alias=AliasChoices("TORCHGATE_LOG_FORMAT", "log_format"),
+                            description="json (one object per line) or text.")
+    otlp_endpoint: str = Field("", validation_alias=AliasChoices("TORCHGATE_OTLP_ENDPOINT", "otlp_endpoint"),
+                               description="OTLP/gRPC collector (http://host:4317) that receives every span; "
+                                           "empty: tracing off.")
     tls_ca: str = Field("", description="CA (PEM) the workers' certificates are checked against; set for TLS.")
     tls_cert: str = Field("", description="Client certificate (PEM) presented to workers (mTLS).")
     tls_key: str = Field("", description="Client private key (PEM).")
