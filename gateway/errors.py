@@ -41,9 +41,9 @@ class ApiError(Exception):
         self.headers = headers or {}
         self.shared = shared
 
-    def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
+    def response(self) -> JSONResponse:
         """This error in the native shape."""
-        return NATIVE.render(self, headers)
+        return NATIVE.render(self)
 
     def response_headers(self) -> dict[str, str]:
         """What every shape of this error carries: Retry-After and the error's own headers (rate limits)."""
@@ -104,9 +104,8 @@ class ErrorShape:
     body: Callable[[ApiError], dict]
     model: type[BaseModel]
 
-    def render(self, error: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
-        return JSONResponse(self.body(error), status_code=error.status,
-                            headers={**error.response_headers(), **(headers or {})} or None)
+    def render(self, error: ApiError) -> JSONResponse:
+        return JSONResponse(self.body(error), status_code=error.status, headers=error.response_headers() or None)
 
     def documented(self, *statuses: int) -> dict[int | str, dict]:
         """OpenAPI `responses` for these statuses in this shape."""
