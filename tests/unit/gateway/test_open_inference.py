@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
-from tests.unit.gateway.conftest import gateway_client
+from tests.unit.gateway.conftest import gateway_client, unused_address
 
 MODEL = "test/fake-model"
 
@@ -130,3 +130,21 @@ async def test_the_edges_refusals_take_each_protocols_shape(fake_embedding_worke
     if shape == {"error"}:  # ours nests type and message; KServe's and the Open Inference Protocol's are a text
         assert isinstance(unauthenticated.json()["error"], dict) == (path == "/v1/embeddings")
     assert metadata.status_code == 200 and metadata.json()["name"] == "torchgate"
+
+
+async def test_an_element_length_past_two_gigabytes_is_refused_not_read_as_negative(gateway):
+    raw = struct.pack("<I", 2**31 + 5) + b"abc"
+    reply = await infer(gateway, {"inputs": [texts_input(1, len(raw))]}, raw)
+    assert reply.status_code == 400 and "runs past binary_data_size" in reply.json()["error"]
+
+
+async def test_outputs_come_in_the_order_asked_and_a_pool_that_is_down_is_not_ready(fake_classifier_worker):
+    model = "test/fake-model"
+    async with gateway_client(unused_address(), classifier=f"127.0.0.1:{fake_classifier_worker.port}") as client:
+        body = {"inputs": [texts_input(1, data=["hello"])], "outputs": [{"name": "score"}, {"name": "label"}]}
+        reply = await client.post(f"/v2/models/{model}/infer", json=body)
+        await fake_classifier_worker.stop(0)
+        down = await client.get(f"/v2/models/{model}/ready")
+    assert [output["name"] for output in reply.json()["outputs"]] == ["score", "label"]
+    assert reply.json()["outputs"][1]["data"] == ["greeting"]
+    assert down.status_code == 503 and down.json() == {"name": model, "ready": False}

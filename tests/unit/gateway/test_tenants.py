@@ -3,6 +3,7 @@ break, per-tenant buckets, concurrency, quotas and models, usage and audit, relo
 
 import asyncio
 import base64
+import datetime
 import hashlib
 import http.server
 import json
@@ -333,3 +334,23 @@ async def test_keys_come_from_the_jwks_url_a_new_kid_is_fetched_and_a_dead_endpo
         endpoint.stop()
     assert [first.status_code, rotated.status_code, still.status_code] == [200, 200, 200]
     assert unknown.status_code == 401 and "kid" in unknown.json()["error"]["message"]
+
+
+async def test_usage_reports_the_tenants_limits_never_its_keys_and_a_quota_retries_at_utc_midnight(
+        fake_embedding_worker, tmp_path):
+    path = write_tenants(tmp_path / "tenants.yaml",
+                         acme={"keys_sha256": [digest("k")], "daily_tokens": 100, "requests_per_second": 100,
+                               "burst": 100},
+                         small={"keys_sha256": [digest("s")], "daily_tokens": 5})
+    async with gateway_client(f"127.0.0.1:{fake_embedding_worker.port}", tenants_file=path) as client:
+        spent = await client.post("/v1/embeddings", json={"input": ["one two three four"]}, headers=bearer("k"))
+        usage = (await client.get("/v1/usage", headers=bearer("k"))).json()
+        await client.post("/v1/embeddings", json={"input": ["one two three four"]}, headers=bearer("s"))
+        refused = await client.post("/v1/embeddings", json=EMBED, headers=bearer("s"))
+    now = datetime.datetime.now(datetime.UTC)
+    midnight = datetime.datetime.combine(now.date() + datetime.timedelta(days=1), datetime.time(), datetime.UTC)
+    assert spent.status_code == 200 and refused.status_code == 429
+    assert abs(int(refused.headers["Retry-After"]) - (midnight - now).total_seconds()) <= 3
+    assert usage == {"tenant": "acme", "counted_by": "process", "requests": 1, "inputs": 1, "tokens": 6,
+                     "refused": 0, "limits": {"requests_per_second": 100.0, "burst": 100, "daily_tokens": 100,
+                                              "models": ["*"]}, "tokens_today": 6}
