@@ -148,3 +148,58 @@ async def test_outputs_come_in_the_order_asked_and_a_pool_that_is_down_is_not_re
     assert [output["name"] for output in reply.json()["outputs"]] == ["score", "label"]
     assert reply.json()["outputs"][1]["data"] == ["greeting"]
     assert down.status_code == 503 and down.json() == {"name": model, "ready": False}
+
+
+def binary_outputs(reply) -> tuple[dict, dict[str, bytes]]:
+    """The JSON header and each output's raw bytes of a reply in the binary tensor extension."""
+    length = int(reply.headers["Inference-Header-Content-Length"])
+    header, offset, raw = orjson.loads(reply.content[:length]), length, {}
+    for output in header["outputs"]:
+        size = output["parameters"]["binary_data_size"]
+        raw[output["name"]] = reply.content[offset:offset + size]
+        offset += size
+    assert offset == len(reply.content)
+    return header, raw
+
+
+async def test_every_output_datatype_in_the_binary_extension_equals_its_json(fake_classifier_worker, tmp_path):
+    routes = tmp_path / "routes.yaml"
+    routes.write_text('aliases: {intents: {versions: [{model: "test/fake-model", weight: 1}]}}')
+    async with gateway_client(unused_address(), classifier=f"127.0.0.1:{fake_classifier_worker.port}",
+                              routes_file=str(routes)) as client:
+        texts = ["hello there", "bye now ?"]
+        body = {"inputs": [texts_input(2, data=texts)]}
+        as_json = await client.post("/v2/models/intents/infer", json=body)
+        binary = await client.post("/v2/models/intents/infer",
+                                   json={**body, "parameters": {"binary_data_output": True}})
+    assert as_json.headers["content-type"] == "application/json"
+    assert binary.headers["content-type"] == "application/octet-stream"
+    header, raw = binary_outputs(binary)
+    assert header["model_name"] == "intents" and header["model_version"] == "test/fake-model" and "id" not in header
+    described = {output["name"]: output for output in as_json.json()["outputs"]}
+    assert {output["name"]: (output["datatype"], output["shape"]) for output in header["outputs"]} == {
+        "label": ("BYTES", [2]), "score": ("FP32", [2])}
+    labels, offset = [], 0
+    while offset < len(raw["label"]):
+        (size,) = struct.unpack_from("<I", raw["label"], offset)
+        labels.append(raw["label"][offset + 4:offset + 4 + size].decode())
+        offset += 4 + size
+    assert labels == described["label"]["data"] == ["greeting", "farewell"]
+    np.testing.assert_array_equal(np.frombuffer(raw["score"], dtype="<f4"),
+                                  np.array(described["score"]["data"], dtype=np.float32))
+
+
+async def test_parameter_bounds_the_truncation_default_and_the_fields_name(gateway):
+    one = {"inputs": [texts_input(1, data=["alpha beta"])]}
+    smallest = await infer(gateway, {**one, "parameters": {"dimensions": 1}})
+    assert smallest.status_code == 200 and smallest.json()["outputs"][0]["shape"] == [1, 1]
+    for parameters, words in (({"dimensions": 0}, "a positive integer"), ({"dimensions": True}, "a positive integer"),
+                              ({"truncate": 1}, "true or false")):
+        refused = await infer(gateway, {**one, "parameters": parameters})
+        assert refused.status_code == 400 and f"must be {words}" in refused.json()["error"], parameters
+    long = {"inputs": [texts_input(1, data=["word " * 200])]}
+    assert (await infer(gateway, long)).status_code == 200, "texts past the window are cut by default"
+    cut_refused = await infer(gateway, {**long, "parameters": {"truncate": False}})
+    assert cut_refused.status_code == 400, cut_refused.text
+    too_long = await infer(gateway, {"inputs": [texts_input(1, data=["x" * 100_000])]})
+    assert too_long.status_code == 422 and too_long.json()["error"].startswith("text has 100000 characters")
