@@ -341,12 +341,15 @@ async def test_usage_reports_the_tenants_limits_never_its_keys_and_a_quota_retri
     path = write_tenants(tmp_path / "tenants.yaml",
                          acme={"keys_sha256": [digest("k")], "daily_tokens": 100, "requests_per_second": 100,
                                "burst": 100},
-                         small={"keys_sha256": [digest("s")], "daily_tokens": 5})
+                         small={"keys_sha256": [digest("s")], "daily_tokens": 5},
+                         plain={"keys_sha256": [digest("p")]})
     async with gateway_client(f"127.0.0.1:{fake_embedding_worker.port}", tenants_file=path) as client:
         spent = await client.post("/v1/embeddings", json={"input": ["one two three four"]}, headers=bearer("k"))
         usage = (await client.get("/v1/usage", headers=bearer("k"))).json()
         await client.post("/v1/embeddings", json={"input": ["one two three four"]}, headers=bearer("s"))
         refused = await client.post("/v1/embeddings", json=EMBED, headers=bearer("s"))
+        plain = (await client.get("/v1/usage", headers=bearer("p"))).json()
+    assert plain["limits"] == {"models": ["*"]} and "tokens_today" not in plain, "no quota, no quota count"
     now = datetime.datetime.now(datetime.UTC)
     midnight = datetime.datetime.combine(now.date() + datetime.timedelta(days=1), datetime.time(), datetime.UTC)
     assert spent.status_code == 200 and refused.status_code == 429
