@@ -68,7 +68,7 @@ chromium:
 
 # The documentation site (MkDocs Material) into .run/site; --strict: a broken link or a missing page fails it.
 docs: $(INSTALLED)
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # The gateway's own tests in a virtualenv that has only the gateway dependency set: no torch anywhere.
 test-gateway-isolated:
