@@ -115,6 +115,8 @@ async def ping(request: Request):
     return JSONResponse({"status": "Healthy" if healthy else "Unhealthy"}, status_code=200 if healthy else 500)
 
 
+# The path parameters document the routes; the name is read from the raw path, where a `%2F` is still part of one
+# segment (gateway/routes/model_paths.py).
 @router.post("/predictions/{model}/{version}", response_class=JSONResponse,
              responses=TORCHSERVE.documented(*PREDICTION_ERRORS))
 async def versioned_predictions(model: str, version: str, request: Request):
