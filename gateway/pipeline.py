@@ -17,7 +17,7 @@ from fastapi import Request
 from gateway.cache import Computed, Scope
 from gateway.contract import MAX_TIMEOUT_S, MIN_TIMEOUT_S
 from gateway.errors import ApiError
-from gateway.registry import ModelPools
+from gateway.registry import ModelPools, task_of
 from gateway.rollout import VERSION_HEADER
 from gateway.tasks import AnswerT, CallT, Task
 from gateway.tenants import ANONYMOUS
@@ -85,6 +85,12 @@ def upstream(request: Request, name: str) -> Upstream:
     if client is None:
         raise ApiError(503, "upstream_unavailable", f"the {name} service is not configured on this gateway", name)
     return client
+
+
+def model_task(request: Request, name: str) -> str:
+    """The task of the model a protocol without a task in its path names (TorchServe, KServe, Open Inference),
+    by the registry's rule and the routing file's aliases; 404 or 400 saying why."""
+    return task_of(request.app.state.pools, request.app.state.routing().aliases, name)
 
 
 def request_timeout(request: Request, client: Upstream, body_timeout: float | None = None) -> float:

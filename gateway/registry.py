@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 from gateway.contract import clip
 from gateway.errors import ApiError
+from gateway.rollout import PIN_SEPARATOR
 from gateway.upstream import Upstream
 
 POOL_SEPARATOR = ";"
@@ -75,7 +76,7 @@ class ModelPools:
 def task_of(registry: dict[str, ModelPools], aliases: dict, name: str) -> str:
     """The task of the model a protocol without a task in its path names (TorchServe, KServe, Open Inference):
     a served name, or an alias's first version's (`alias@version` pins one)."""
-    base = name.partition("@")[0]
+    base = name.partition(PIN_SEPARATOR)[0]
     wanted = aliases[base].versions[0].model if base in aliases else name
     candidates = answering(((task, pool) for task, pools in registry.items() for pool in pools.pools), wanted)
     if len(candidates) > 1:

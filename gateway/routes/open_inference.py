@@ -22,7 +22,6 @@ from gateway import pipeline
 from gateway.contract import clip
 from gateway.errors import KSERVE
 from gateway.readiness import model_pools, readiness
-from gateway.registry import task_of
 from gateway.responses import JSONResponse
 from gateway.rollout import PIN_SEPARATOR
 from gateway.routes import model_paths  # noqa: F401 - registers the `model_name` path convertor used below
@@ -64,10 +63,6 @@ def _model_name(model: str, version: str | None) -> str:
     return f"{model}{PIN_SEPARATOR}{version}" if version else model
 
 
-def _task_of(request: Request, name: str) -> str:
-    return task_of(request.app.state.pools, request.app.state.routing().aliases, name)
-
-
 @router.get("", response_class=JSONResponse)
 async def server_metadata():
     """Server metadata."""
@@ -89,7 +84,7 @@ async def ready(request: Request):
 
 async def _metadata(request: Request, model: str, version: str | None) -> Response:
     name = _model_name(model, version)
-    task = _task_of(request, name)
+    task = pipeline.model_task(request, name)
     client, routed = pipeline.route(request, task, name)
     inputs, outputs = SIGNATURES[task]
     dimension = client.limits.dimension if client.limits else -1
@@ -108,7 +103,7 @@ async def _metadata(request: Request, model: str, version: str | None) -> Respon
 
 async def _ready(request: Request, model: str, version: str | None) -> Response:
     name = _model_name(model, version)
-    client, _ = pipeline.route(request, _task_of(request, name), name)
+    client, _ = pipeline.route(request, pipeline.model_task(request, name), name)
     serving, _ = await readiness(request, [client])
     return JSONResponse({"name": model, "ready": serving}, status_code=200 if serving else 503)
 
@@ -160,7 +155,7 @@ async def _compute(request: Request, name: str, task: str, call: InferRequest) -
 
 async def _infer(request: Request, model: str, version: str | None) -> Response:
     name = _model_name(model, version)
-    task = _task_of(request, name)  # an unknown model is a 404 whatever the body
+    task = pipeline.model_task(request, name)  # an unknown model is a 404 whatever the body
     call = decode(await request.body(), request.headers.get(BINARY_HEADER))
     given = [tensor.name for tensor in SIGNATURES[task][1]]
     unknown = [output for output in call.outputs or () if output not in given]

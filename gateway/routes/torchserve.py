@@ -18,7 +18,6 @@ from gateway import pipeline
 from gateway.contract import valid_text
 from gateway.errors import KSERVE, TORCHSERVE, ApiError
 from gateway.readiness import model_pools, readiness
-from gateway.registry import task_of
 from gateway.responses import JSONResponse
 from gateway.routes.model_paths import raw_model_name
 from gateway.tasks.classify import CLASSIFY, ClassifyCall
@@ -70,15 +69,11 @@ async def _texts(request: Request) -> tuple[Any, bool]:
     return [valid_text(text) for text in texts], single
 
 
-def _task_of(request: Request, model: str) -> str:
-    return task_of(request.app.state.pools, request.app.state.routing().aliases, model)
-
-
 async def predict(request: Request, model: str) -> tuple[list, bool]:
     """The predictions, in the shape TorchServe's default handlers answer (one per text, or a reranker's scored
     documents), and whether one bare text was sent (TorchServe answers it unwrapped). An unknown model is a 404
     whatever the body."""
-    task = _task_of(request, model)
+    task = pipeline.model_task(request, model)
     instances, single = await _texts(request)
     if task == RERANK.upstream:
         if not isinstance(instances, dict) or not isinstance(instances.get("documents"), list):
@@ -153,7 +148,7 @@ async def list_models(request: Request):
 async def describe_model(model: str, request: Request):
     """TorchServe's management description; `workers` are the model pool's replicas, with their health."""
     name = raw_model_name(request, "/models/")
-    client, _ = pipeline.route(request, _task_of(request, name), name)
+    client, _ = pipeline.route(request, pipeline.model_task(request, name), name)
     limits = client.limits
     serving, _ = await readiness(request, [client])
     return JSONResponse([{
