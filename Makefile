@@ -16,7 +16,7 @@ install: $(INSTALLED)
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[gateway,worker,dev]'
+	$(BIN)/pip install -q -e '.[gateway,worker,documents,dev]'
 	touch $@
 
 protos: $(INSTALLED)

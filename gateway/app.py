@@ -23,6 +23,7 @@ from gateway.rollout import Routing, Shadows, routes_loader
 from gateway.routes import (
     classify,
     cohere,
+    documents,
     embeddings,
     gpu,
     health,
@@ -43,6 +44,8 @@ from torchgate.tls import channel_credentials
 from torchgate.v1 import (
     classifier_pb2,
     classifier_pb2_grpc,
+    documents_pb2,
+    documents_pb2_grpc,
     embedding_pb2,
     embedding_pb2_grpc,
     gpu_pb2,
@@ -65,12 +68,14 @@ UPSTREAMS = {
                   reranking_pb2_grpc.RerankingServiceStub),
     "classifier": (classifier_pb2.DESCRIPTOR.services_by_name["ClassifierService"].full_name,
                    classifier_pb2_grpc.ClassifierServiceStub),
+    "documents": (documents_pb2.DESCRIPTOR.services_by_name["DocumentService"].full_name,
+                  documents_pb2_grpc.DocumentServiceStub),
 }
 
 
 # Routers behind the API key (health and metrics stay open for probes and scrapers).
-API_ROUTERS = (embeddings.router, rerank.router, cohere.router, classify.router, gpu.router, models.router,
-               usage.router)
+API_ROUTERS = (embeddings.router, rerank.router, cohere.router, classify.router, documents.router, gpu.router,
+               models.router, usage.router)
 # Probes and scrapers: neither traced nor access-logged (they would drown the requests that matter).
 PROBE_PATHS = frozenset({"/health/live", "/health/ready", "/metrics", "/ping", "/v2/health/live",
                          "/v2/health/ready"})

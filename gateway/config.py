@@ -40,6 +40,12 @@ class ClassifierUpstream(UpstreamSettings):
     addresses: str = "127.0.0.1:50054"
 
 
+class DocumentsUpstream(UpstreamSettings):
+    addresses: str = "127.0.0.1:50055"
+    # A document's conversion may take its child's whole wall-time limit (TORCHGATE_DOCUMENTS_CONVERSION_TIMEOUT_S).
+    timeout_s: float = Field(90.0, gt=0, description="Default request deadline (X-Request-Timeout overrides).")
+
+
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TORCHGATE_GATEWAY_", env_nested_delimiter="__", extra="ignore", populate_by_name=True
@@ -90,3 +96,4 @@ class GatewaySettings(BaseSettings):
     embedding: EmbeddingUpstream = Field(default_factory=EmbeddingUpstream, description="Embedding upstream.")
     reranking: RerankingUpstream = Field(default_factory=RerankingUpstream, description="Reranking upstream.")
     classifier: ClassifierUpstream = Field(default_factory=ClassifierUpstream, description="Classifier upstream.")
+    documents: DocumentsUpstream = Field(default_factory=DocumentsUpstream, description="Documents upstream.")

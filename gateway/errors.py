@@ -152,10 +152,20 @@ _CLIENT_ERRORS = {
 }
 
 
-def error_from_grpc(code: grpc.StatusCode, details: str | None, upstream: str) -> ApiError:
+# A worker's INVALID_ARGUMENT whose reason (trailing metadata `torchgate-error`) has a more precise status.
+_INVALID_REASONS = {
+    "unsupported_media_type": (415, "unsupported_media_type"),
+    "unprocessable_document": (422, "unprocessable_document"),
+    "document_too_large": (413, "request_too_large"),
+}
+
+
+def error_from_grpc(code: grpc.StatusCode, details: str | None, upstream: str, reason: str = "") -> ApiError:
     """Map an upstream gRPC status to its HTTP error (docs/architecture.md, "Errors"), never leaking internals."""
     if code in _CLIENT_ERRORS:
         status, type_ = _CLIENT_ERRORS[code]
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            status, type_ = _INVALID_REASONS.get(reason, (status, type_))
         return ApiError(status, type_, details or "invalid request", upstream)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return ApiError(429, "overloaded", f"the {upstream} service is overloaded; retry later", upstream, 1,

@@ -17,10 +17,16 @@ from dataclasses import dataclass
 from fastapi import APIRouter
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
+from starlette.datastructures import Headers, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.errors import ApiError, error_response, invalid_body
+
+
+class FormDocument(dict):
+    """A multipart body's fields: text, so the route's model reads them as a form's values (lax: "8" is 8)."""
 
 
 @dataclass(frozen=True)
@@ -51,10 +57,41 @@ class JsonRoute:
             raise ApiError(422, "invalid_request_error", "body: send a JSON object")
         return document
 
+    @property
+    def accepts_form(self) -> bool:
+        """Whether the body may come as multipart/form-data (a file upload): its model says so."""
+        return getattr(self.body, "ACCEPTS_FORM", False)
+
+    @staticmethod
+    async def load_form(body: bytes, headers: list[tuple[bytes, bytes]], max_part_bytes: int) -> dict:
+        """A multipart body as the route's document: each field by its name, a file as its bytes (its name in
+        `<field>_filename`); a field sent more than once, a list."""
+
+        async def stream():
+            yield body
+
+        try:
+            form = await MultiPartParser(Headers(raw=headers), stream(), max_files=16, max_fields=64,
+                                         max_part_size=max_part_bytes).parse()
+        except MultiPartException as error:
+            raise ApiError(422, "invalid_request_error", f"body: not valid multipart/form-data ({error})") from None
+        document = FormDocument()
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                document[f"{name}_filename"] = value.filename or ""
+                value = await value.read()
+            if name in document:
+                previous = document[name]
+                document[name] = [*previous, value] if isinstance(previous, list) else [previous, value]
+            else:
+                document[name] = value
+        await form.close()
+        return document
+
     def validate(self, document: dict) -> BaseModel:
         """The document as the route's model, or the 422 that says what to fix."""
         try:
-            return self.body.model_validate(document)
+            return self.body.model_validate(document, strict=False if isinstance(document, FormDocument) else None)
         except ValidationError as error:
             raise invalid_body(error.errors()) from None
 

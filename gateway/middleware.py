@@ -45,6 +45,10 @@ def _is_json(content_type: bytes) -> bool:
     return media == b"application/json" or media.endswith(b"+json")
 
 
+def _is_form(content_type: bytes | None) -> bool:
+    return content_type is not None and content_type.split(b";", 1)[0].strip().lower() == b"multipart/form-data"
+
+
 class EdgeMiddleware:
     def __init__(self, app, max_body_bytes: int, routes: frozenset[str], tenants: TenantGate,
                  open_paths: frozenset[str], json_routes: dict[str, JsonRoute],
@@ -95,7 +99,7 @@ class EdgeMiddleware:
                 refusal = body
             elif body is not None:
                 json_route = self.json_routes.get(scope["path"]) if scope["method"] == "POST" else None
-                document = json_route.load(body) if json_route else None
+                document = await self._document(scope, body, json_route) if json_route else None
                 if tenant is not None and scope["method"] != TASK_METHOD:
                     admission = await self.tenants.admit(tenant, 0, route)
                     state.setdefault("response_headers", {}).update(admission.headers)
@@ -124,6 +128,11 @@ class EdgeMiddleware:
                                    "model": model or None, "inputs": inputs, "tokens": tokens,
                                    "client": client[0]})
 
+    async def _document(self, scope, body: bytes, json_route: JsonRoute) -> dict:
+        if json_route.accepts_form and _is_form(dict(scope["headers"]).get(b"content-type")):
+            return await json_route.load_form(body, scope["headers"], self.max_body_bytes)
+        return json_route.load(body)
+
     @staticmethod
     def _oversized_head(scope) -> ApiError | None:
         if sum(len(name) + len(value) for name, value in scope["headers"]) > MAX_HEADER_BYTES:
@@ -141,10 +150,15 @@ class EdgeMiddleware:
                                 f"the request body has {int(length)} bytes; the limit is {self.max_body_bytes}",
                                 headers=CLOSE)
             content_type = fields.get(b"content-type")
-            if (content_type is not None and not _is_json(content_type)
+            form_route = _is_form(content_type) and self._accepts_form(scope)
+            if (content_type is not None and not _is_json(content_type) and not form_route
                     and not scope["path"].startswith(self.raw_body_prefixes)):
                 return ApiError(415, "unsupported_media_type", "send the body as JSON: Content-Type: application/json")
         return None
+
+    def _accepts_form(self, scope) -> bool:
+        json_route = self.json_routes.get(scope["path"]) if scope["method"] == "POST" else None
+        return json_route is not None and json_route.accepts_form
 
     async def _read_body(self, scope, receive) -> bytes | ApiError | None:
         """The whole body, or 413 as soon as it passes the cap, or None when the client left."""

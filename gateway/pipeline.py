@@ -2,7 +2,8 @@
 
 1. tenant: the call's inputs counted and the tenant's limits taken (requests, inputs, concurrency, daily
    tokens) in one admission; the identity was established by the edge from the headers alone;
-2. rollout: the model name resolved (registry rule, alias -> version, pin), the tenant's model permission;
+2. rollout: the model name resolved (registry rule, alias -> version, pin), the tenant's model permission (a
+   task that names no model runs on its upstream);
 3. cache: per input, single-flight (gateway/cache.py), when the task is cached and the model's fingerprint known;
 4. upstream: the pool's breaker, bulkhead, deadline and retries (gateway/upstream/), merged with concurrent
    calls where the task allows;
@@ -37,7 +38,8 @@ async def run(request: Request, task: Task[CallT, AnswerT], call: CallT) -> Answ
         if admission.headers:
             state.setdefault("response_headers", {}).update(admission.headers)
     try:
-        pool, model = route(request, task.upstream, call.model, call.user)
+        pool, model = (route(request, task.upstream, call.model, call.user) if task.names_model
+                       else (upstream(request, task.upstream), None))
         answer = await _answer(request, task, pool, call, model)
         if task.shadowed:
             _mirror(request, task, call, answer)

@@ -7,15 +7,19 @@ PYTHON=${TORCHGATE_PYTHON:-.venv/bin/python}
 [ -x "$PYTHON" ] || PYTHON=python3
 
 # Worker name -> default gRPC port and gRPC service; start order is this order.
-WORKERS=(gpu embedding reranking classifier)
-declare -A DEFAULT_PORT=([gpu]=50051 [embedding]=50052 [reranking]=50053 [classifier]=50054)
-declare -A DEFAULT_METRICS_PORT=([gpu]=9451 [embedding]=9452 [reranking]=9453 [classifier]=9454)
+WORKERS=(gpu embedding reranking classifier documents)
+declare -A DEFAULT_PORT=([gpu]=50051 [embedding]=50052 [reranking]=50053 [classifier]=50054 [documents]=50055)
+declare -A DEFAULT_METRICS_PORT=([gpu]=9451 [embedding]=9452 [reranking]=9453 [classifier]=9454 [documents]=9455)
 declare -A SERVICE=(
   [gpu]=torchgate.v1.GpuService
   [embedding]=torchgate.v1.EmbeddingService
   [reranking]=torchgate.v1.RerankingService
   [classifier]=torchgate.v1.ClassifierService
+  [documents]=torchgate.v1.DocumentService
 )
+# A worker that calls another starts once that one's addresses are known: the documents worker reads the
+# embedding models' tokenizers from the embedding workers (TORCHGATE_DOCUMENTS_EMBEDDING_ADDRESSES).
+declare -A CALLS=([documents]=embedding)
 
 # A worker runs one pool of processes per model (TORCHGATE_<WORKER>_MODELS: comma-separated model ids or local
 # directories; unset: the worker's MODEL setting), each pool TORCHGATE_<WORKER>_REPLICAS processes (default 1).

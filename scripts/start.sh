@@ -56,15 +56,26 @@ wait_until() {  # name, command...
 for name in "${WORKERS[@]}"; do
   replicas "$name" >/dev/null || exit 2
 done
-for name in "${WORKERS[@]}"; do
+launch_worker() {  # name: every process of every model of the worker
+  local name=$1 j process
   for ((j = 1; j <= $(model_count "$name"); j++)); do
     for process in $(replicas "$name" "$j"); do
       mapfile -t overrides < <(instance_env "$process")
       launch "$process" "services.$name" "${overrides[@]}"
     done
   done
+}
+
+for name in "${WORKERS[@]}"; do
+  [ -n "${CALLS[$name]:-}" ] || launch_worker "$name"
 done
 for name in "${WORKERS[@]}"; do
+  if [ -n "${CALLS[$name]:-}" ]; then
+    called_var="TORCHGATE_GATEWAY_${CALLS[$name]^^}__ADDRESSES"
+    calling_var="TORCHGATE_${name^^}_${CALLS[$name]^^}_ADDRESSES"
+    export "$calling_var=${!calling_var:-${!called_var//;/,}}"
+    launch_worker "$name"
+  fi
   # The gateway gets one pool per model (`;` between pools) of all its replicas (`,`); an explicit list wins.
   pools=()
   for ((j = 1; j <= $(model_count "$name"); j++)); do

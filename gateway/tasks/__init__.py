@@ -1,4 +1,5 @@
-"""The task registry: one declaration per task the gateway serves (embed, rerank, classify, tokenize).
+"""The task registry: one declaration per task the gateway serves (embed, rerank, classify, tokenize, chunk,
+convert).
 
 A task says what its call carries (a frozen dataclass of the protocol-free request), how many inputs that is (what
 a tenant's inputs bucket is charged), what the serving worker's published limits demand of it, how the worker
@@ -45,6 +46,8 @@ class Task(ABC, Generic[CallT, AnswerT]):
 
     name: ClassVar[str]
     upstream: ClassVar[str]
+    # False: the call names no model (a document's conversion); it runs on the upstream itself, no rollout.
+    names_model: ClassVar[bool] = True
     cached: ClassVar[bool] = True
     shadowed: ClassVar[bool] = True
 

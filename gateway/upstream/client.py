@@ -236,7 +236,7 @@ class Upstream:
             raise cancelled
         if answered:
             UPSTREAM_CALLS.labels(self.name, answered.code().name).inc()
-            raise error_from_grpc(answered.code(), answered.details(), self.name) from None
+            raise error_from_grpc(answered.code(), answered.details(), self.name, _worker_error(answered)) from None
         UPSTREAM_CALLS.labels(self.name, "OK").inc()
         return reply
 

@@ -70,6 +70,16 @@ class EmbeddingAdapter(SpecAdapter):
         """Exact token counts without truncation (special tokens included)."""
         return [len(ids) for ids in self.tokenizer(texts, truncation=False)["input_ids"]]
 
+    def tokenizer_json(self) -> str:
+        """The tokenizer as a `tokenizers` definition, with no truncation or padding (the reader counts every
+        token)."""
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_str(self.tokenizer.backend_tokenizer.to_str())
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        return tokenizer.to_str()
+
     def tokenize(self, texts: list[str], add_special_tokens: bool) -> list[list[tuple[int, str, bool, int, int]]]:
         """Each text's tokens as (id, text, special, start, stop), with character offsets into the text."""
         encoded = self.tokenizer(texts, add_special_tokens=add_special_tokens, return_offsets_mapping=True,

@@ -70,6 +70,14 @@ class EmbeddingServicer(ModelServicer, embedding_pb2_grpc.EmbeddingServiceServic
                                          for token_id, text, special, start, stop in tokens])
             for tokens in tokenized])
 
+    async def GetTokenizer(self, request: embedding_pb2.GetTokenizerRequest,
+                           context) -> embedding_pb2.TokenizerDefinition:
+        model = self.ready_model()
+        validate_model_name(request.model, model)
+        definition = await asyncio.to_thread(self.adapter.tokenizer_json)
+        return embedding_pb2.TokenizerDefinition(model=model.model_id, fingerprint=model.fingerprint,
+                                                 tokenizer_json=definition, max_input_tokens=model.max_input_tokens)
+
     def _token_inputs(self, request: embedding_pb2.EmbedRequest, model: ModelDescription) -> list[tuple[int, ...]]:
         """Inputs given as token ids: used as they are (prompts apply to texts only), each inside the vocabulary."""
         if request.texts:

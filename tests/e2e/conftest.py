@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-SERVICES = ("gpu", "embedding", "reranking", "classifier", "gateway")
+SERVICES = ("gpu", "embedding", "reranking", "classifier", "documents", "gateway")
 
 
 @dataclass
@@ -44,6 +44,7 @@ def mesh_env(run_dir: Path, **extra_env: str) -> dict[str, str]:
         "TORCHGATE_EMBEDDING_METRICS_PORT": "0",
         "TORCHGATE_RERANKING_METRICS_PORT": "0",
         "TORCHGATE_CLASSIFIER_METRICS_PORT": "0",
+        "TORCHGATE_DOCUMENTS_METRICS_PORT": "0",
         "TORCHGATE_LOG_FORMAT": "text",
         # The suite checks CPU behaviour; a GPU machine would otherwise pick CUDA and fp16.
         "TORCHGATE_EMBEDDING_DEVICE": "cpu",

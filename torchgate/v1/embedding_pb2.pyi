@@ -90,3 +90,21 @@ class EmbedResponse(_message.Message):
     input_tokens: _containers.RepeatedScalarFieldContainer[int]
     fingerprint: str
     def __init__(self, embeddings: _Optional[bytes] = ..., dimension: _Optional[int] = ..., count: _Optional[int] = ..., model: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., timing: _Optional[_Union[_common_pb2.Timing, _Mapping]] = ..., input_tokens: _Optional[_Iterable[int]] = ..., fingerprint: _Optional[str] = ...) -> None: ...
+
+class GetTokenizerRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class TokenizerDefinition(_message.Message):
+    __slots__ = ("model", "fingerprint", "tokenizer_json", "max_input_tokens")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_JSON_FIELD_NUMBER: _ClassVar[int]
+    MAX_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    fingerprint: str
+    tokenizer_json: str
+    max_input_tokens: int
+    def __init__(self, model: _Optional[str] = ..., fingerprint: _Optional[str] = ..., tokenizer_json: _Optional[str] = ..., max_input_tokens: _Optional[int] = ...) -> None: ...

@@ -46,6 +46,11 @@ class EmbeddingServiceStub:
                 request_serializer=torchgate_dot_v1_dot_embedding__pb2.TokenizeRequest.SerializeToString,
                 response_deserializer=torchgate_dot_v1_dot_embedding__pb2.TokenizeResponse.FromString,
                 _registered_method=True)
+        self.GetTokenizer = channel.unary_unary(
+                '/torchgate.v1.EmbeddingService/GetTokenizer',
+                request_serializer=torchgate_dot_v1_dot_embedding__pb2.GetTokenizerRequest.SerializeToString,
+                response_deserializer=torchgate_dot_v1_dot_embedding__pb2.TokenizerDefinition.FromString,
+                _registered_method=True)
         self.Info = channel.unary_unary(
                 '/torchgate.v1.EmbeddingService/Info',
                 request_serializer=torchgate_dot_v1_dot_common__pb2.InfoRequest.SerializeToString,
@@ -70,6 +75,13 @@ class EmbeddingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTokenizer(self, request, context):
+        """The served model's tokenizer as a `tokenizers` JSON definition: what the documents worker bounds chunks by.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Info(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -88,6 +100,11 @@ def add_EmbeddingServiceServicer_to_server(servicer, server):
                     servicer.Tokenize,
                     request_deserializer=torchgate_dot_v1_dot_embedding__pb2.TokenizeRequest.FromString,
                     response_serializer=torchgate_dot_v1_dot_embedding__pb2.TokenizeResponse.SerializeToString,
+            ),
+            'GetTokenizer': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTokenizer,
+                    request_deserializer=torchgate_dot_v1_dot_embedding__pb2.GetTokenizerRequest.FromString,
+                    response_serializer=torchgate_dot_v1_dot_embedding__pb2.TokenizerDefinition.SerializeToString,
             ),
             'Info': grpc.unary_unary_rpc_method_handler(
                     servicer.Info,
@@ -150,6 +167,33 @@ class EmbeddingService:
             '/torchgate.v1.EmbeddingService/Tokenize',
             torchgate_dot_v1_dot_embedding__pb2.TokenizeRequest.SerializeToString,
             torchgate_dot_v1_dot_embedding__pb2.TokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTokenizer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/torchgate.v1.EmbeddingService/GetTokenizer',
+            torchgate_dot_v1_dot_embedding__pb2.GetTokenizerRequest.SerializeToString,
+            torchgate_dot_v1_dot_embedding__pb2.TokenizerDefinition.FromString,
             options,
             channel_credentials,
             insecure,
