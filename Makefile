@@ -5,10 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 GATEWAY_VENV := .venv-gateway
+DOCUMENTS_VENV := .venv-documents
 PROTOS := $(wildcard protos/torchgate/v1/*.proto)
 K8S_MANIFESTS := $(shell find ops/docker/k8s -name '*.yaml')
 
-.PHONY: install protos check-protos run start stop health images test test-gateway-isolated redis-server lint docs chromium bench bench-gateway fuzz mutate clean
+.PHONY: install protos check-protos run start stop health images test test-gateway-isolated test-documents-isolated redis-server lint docs chromium bench bench-gateway fuzz mutate clean
 
 install: $(INSTALLED)
 
@@ -57,7 +58,7 @@ lint: $(INSTALLED)
 
 # The response cache's and rate limits' tests start Debian's redis-server, as an operator would; the docs site's
 # test opens the built site in Debian's headless Chromium.
-test: $(INSTALLED) lint docs redis-server chromium test-gateway-isolated
+test: $(INSTALLED) lint docs redis-server chromium test-gateway-isolated test-documents-isolated
 	$(BIN)/python -m pytest
 
 redis-server:
@@ -77,6 +78,14 @@ test-gateway-isolated:
 	! $(GATEWAY_VENV)/bin/python -c 'import torch' 2>/dev/null
 	! $(GATEWAY_VENV)/bin/python -c 'import openvino' 2>/dev/null
 	$(GATEWAY_VENV)/bin/python -m pytest -q tests/unit/gateway
+
+# The documents worker's tests in a virtualenv that has only its dependency set (Docling, tokenizers): no torch.
+test-documents-isolated:
+	test -x $(DOCUMENTS_VENV)/bin/python || $(PYTHON) -m venv $(DOCUMENTS_VENV)
+	$(DOCUMENTS_VENV)/bin/pip install -q -e '.[documents]' pytest==9.2.0 pytest-asyncio==1.5.0 pytest-timeout==2.4.0
+	! $(DOCUMENTS_VENV)/bin/python -c 'import torch' 2>/dev/null
+	! $(DOCUMENTS_VENV)/bin/python -c 'import openvino' 2>/dev/null
+	$(DOCUMENTS_VENV)/bin/python -m pytest -q tests/unit/documents
 
 bench: $(INSTALLED)
 	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)

@@ -13,14 +13,15 @@ from pydantic import BaseModel  # noqa: E402
 from pydantic.fields import FieldInfo  # noqa: E402
 from pydantic_core import PydanticUndefined  # noqa: E402
 
-from gateway.config import GatewaySettings, UpstreamSettings  # noqa: E402
+from gateway.config import GatewaySettings  # noqa: E402
 from services.classifier.settings import ClassifierSettings  # noqa: E402
+from services.documents.settings import DocumentsSettings  # noqa: E402
 from services.embedding.settings import EmbeddingSettings  # noqa: E402
 from services.gpu.settings import GpuSettings  # noqa: E402
 from services.reranking.settings import RerankingSettings  # noqa: E402
 
 WORKERS = {"gpu": GpuSettings, "embedding": EmbeddingSettings, "reranking": RerankingSettings,
-           "classifier": ClassifierSettings}
+           "classifier": ClassifierSettings, "documents": DocumentsSettings}
 PLACEHOLDER = "<!-- settings reference -->"
 
 
@@ -58,10 +59,10 @@ def components() -> dict[str, list[tuple[str, str, str, str]]]:
     """Every component's settings, by heading."""
     tables = {"Gateway": rows(GatewaySettings, GatewaySettings.model_config["env_prefix"])}
     for upstream in WORKERS:
-        address = GatewaySettings.model_fields[upstream].default_factory().addresses
+        upstream_settings = GatewaySettings.model_fields[upstream].default_factory()
         tables[f"Gateway → {upstream} upstream"] = [
-            (name, kind, f"`{address}`" if name.endswith("__ADDRESSES") else default, description)
-            for name, kind, default, description in rows(UpstreamSettings, f"TORCHGATE_GATEWAY_{upstream}__")]
+            (name, kind, f"`{upstream_settings.addresses}`" if name.endswith("__ADDRESSES") else default, description)
+            for name, kind, default, description in rows(type(upstream_settings), f"TORCHGATE_GATEWAY_{upstream}__")]
     for worker, settings_class in WORKERS.items():
         tables[f"{worker.capitalize()} worker"] = rows(settings_class, settings_class.model_config["env_prefix"])
     return tables

@@ -4,11 +4,13 @@ MiniLM: chunks bounded by the served tokenizer (counted by the gateway's own /to
 
 import asyncio
 import base64
+import hashlib
 import os
 
 import httpx
 import numpy as np
 import pytest
+import yaml
 
 from gateway.app import create_app
 from gateway.config import (
@@ -42,17 +44,36 @@ async def documents_worker(embedding_worker):
     await worker.stop(0)
 
 
+DOORS = {
+    "/v1/chunk": lambda pdf, model: {"files": {"file": ("a.pdf", pdf)}, "data": {"model": model}},
+    "/v1/chunk/hybrid/file": lambda pdf, model: {"files": {"files": ("a.pdf", pdf)},
+                                                 "data": {"chunking_tokenizer": model}},
+    "/v1/chunk/hybrid/source": lambda pdf, model: {"json": {
+        "sources": [{"kind": "file", "base64_string": base64.b64encode(pdf).decode(), "filename": "a.pdf"}],
+        "chunking_options": {"tokenizer": model}}},
+    "/v1/convert/file": lambda pdf, model: {"files": {"files": ("a.pdf", pdf)}},
+}
+KEYS = {"open": {}, "requests": {"requests_per_second": 0.001, "burst": 1}}
+
+
 @pytest.fixture(scope="module")
-async def gateway(embedding_worker, documents_worker):
+async def gateway(embedding_worker, documents_worker, tmp_path_factory):
     dead = f"127.0.0.1:{refusing_port()}"
+    tenants_file = tmp_path_factory.mktemp("tenants") / "tenants.yaml"
+    tenants_file.write_text(yaml.safe_dump({"tenants": {
+        f"{kind}-{path}": {"keys_sha256": [hashlib.sha256(f"{kind}-{path}".encode()).hexdigest()], **limits}
+        for path in [*DOORS, "other"] for kind, limits in KEYS.items()}}))
     settings = GatewaySettings(embedding=EmbeddingUpstream(addresses=f"127.0.0.1:{embedding_worker.port}"),
                                documents=DocumentsUpstream(addresses=f"127.0.0.1:{documents_worker.port}"),
-                               reranking=RerankingUpstream(addresses=dead), classifier=ClassifierUpstream(addresses=dead),
-                               gpu=GpuUpstream(addresses=dead), cache=False, max_body_bytes=2 * 1024 * 1024)
+                               reranking=RerankingUpstream(addresses=dead),
+                               classifier=ClassifierUpstream(addresses=dead),
+                               gpu=GpuUpstream(addresses=dead), cache=False, max_body_bytes=2 * 1024 * 1024,
+                               tenants_file=str(tenants_file))
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway",
-                                     timeout=60) as client:
+                                     timeout=60, headers={"Authorization": "Bearer open-other"}) as client:
+            client.app = app
             yield client
 
 
@@ -147,3 +168,27 @@ async def test_hostile_files_are_4xx_while_embeddings_keep_answering(gateway, na
     assert reply.json()["error"]["message"] and "Traceback" not in reply.text
     # The document was parsed by a child process: this process (the worker's) holds none of it.
     assert rss_kb(os.getpid()) - baseline < 64 * 1024
+
+
+@pytest.mark.parametrize("path", list(DOORS))
+async def test_every_documents_door_meets_the_tenant_model_and_breaker_policies(gateway, path):
+    pdf = pdf_file(["A page about rivers."])
+    model = "sentence-transformers/all-MiniLM-L6-v2"
+
+    async def send(key: str, model_name: str = model):
+        return await gateway.post(path, headers={"Authorization": f"Bearer {key}-{path}"},
+                                  **DOORS[path](pdf, model_name))
+
+    first, second = await send("requests"), await send("requests")
+    assert (first.status_code, second.status_code) == (200, 429), second.text
+    assert "requests rate" in second.text and second.headers["Retry-After"]
+    if path != "/v1/convert/file":  # conversion names no model
+        unknown = await send("open", "nobody")
+        assert unknown.status_code == 404 and "nobody" in unknown.text
+    documents = gateway.app.state.upstreams["documents"]
+    documents.breaker.open()
+    try:
+        refused = await send("open")
+    finally:
+        documents.breaker.close()
+    assert refused.status_code == 503 and int(refused.headers["Retry-After"]) >= 1, refused.text

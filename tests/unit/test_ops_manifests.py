@@ -7,10 +7,11 @@ import yaml
 
 from gateway.app import GRACEFUL_SHUTDOWN_S
 from services.classifier.settings import ClassifierSettings
+from services.documents.settings import DocumentsSettings
 from services.embedding.settings import EmbeddingSettings
 from services.gpu.settings import GpuSettings
 from services.reranking.settings import RerankingSettings
-from torchgate.v1 import classifier_pb2, embedding_pb2, gpu_pb2, reranking_pb2
+from torchgate.v1 import classifier_pb2, documents_pb2, embedding_pb2, gpu_pb2, reranking_pb2
 
 OPS = Path(__file__).resolve().parents[2] / "ops" / "docker"
 WORKERS = {
@@ -18,6 +19,7 @@ WORKERS = {
     "embedding": (EmbeddingSettings, embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name),
     "reranking": (RerankingSettings, reranking_pb2.DESCRIPTOR.services_by_name["RerankingService"].full_name),
     "classifier": (ClassifierSettings, classifier_pb2.DESCRIPTOR.services_by_name["ClassifierService"].full_name),
+    "documents": (DocumentsSettings, documents_pb2.DESCRIPTOR.services_by_name["DocumentService"].full_name),
 }
 
 

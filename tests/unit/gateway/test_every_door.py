@@ -120,6 +120,9 @@ DOORS = [
       for kind, alias in (("embed", "embedder-alias"), ("rerank", "reranker-alias"),
                           ("classify", "classifier-alias"))),
 ]
+# The documents routes' doors need a documents worker, whose Docling is not in the gateway's environment: they meet
+# the same policies in tests/integration/test_documents_gateway.py.
+DOCUMENT_ROUTES = {"/v1/chunk", "/v1/chunk/hybrid/file", "/v1/chunk/hybrid/source", "/v1/convert/file"}
 POLICIES = ["request_limit", "input_limit", "input_rate", "quota", "unknown_model", "bad_body", "breaker_open",
             "cache_hit", "cache_bypass"]
 
@@ -189,7 +192,8 @@ async def send(gateway, door: Door, inputs: list[str], key: str, model: str | No
 
 async def test_the_table_holds_every_post_route_of_the_gateway(gateway):
     declared = {path for path, operations in gateway.app.openapi()["paths"].items() if "post" in operations}
-    assert declared == {door.route for door in DOORS}, "a POST route is missing from DOORS (or DOORS names a gone one)"
+    assert declared == {door.route for door in DOORS} | DOCUMENT_ROUTES, \
+        "a POST route is missing from DOORS (or DOORS names a gone one)"
 
 
 @pytest.mark.parametrize("policy", POLICIES)
