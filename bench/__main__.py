@@ -11,7 +11,8 @@ worker chose, the gateway hop and every process's RSS. Then the cost of tracing:
 load again on a mesh that exports every span to an OTLP/gRPC receiver in this process. Last, the cost of
 containers, where `make images` has built them: embed C=32 x 1 through the containerized mesh
 (`scripts/start.sh --compose`) between two runs of the same load on the local mesh. Then the edge
-(bench/edge.py): the response cache's gain and costs, and the tenants' cost; last, the charts (bench/charts.py)
+(bench/edge.py): the response cache's gain and costs, and the tenants' cost; chunk + embed of a 200-page Markdown
+corpus against the same chunker and encode in one process (bench/documents.py); last, the charts (bench/charts.py)
 next to the report and into docs/charts/. The serving loads send
 `Cache-Control: no-cache`: they repeat one corpus, which the cache would otherwise answer.
 """
@@ -29,13 +30,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bench import documents
 from bench.corpus import build_corpus
 from bench.scenarios import SCENARIOS
 from services.runtime.precision import cpu_bf16_flags
 from tests.otlp import otlp_receiver
 
 ROOT = Path(__file__).resolve().parents[1]
-ALL_WORKERS = ("gpu", "embedding", "reranking", "classifier")
+ALL_WORKERS = ("gpu", "embedding", "reranking", "classifier", "documents")
 SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "openvino": "ov"}
 
 
@@ -97,7 +99,8 @@ class Mesh:
 class ContainerMesh:
     """The containerized mesh (`scripts/start.sh --compose`) on host ports of its own; stopped on exit."""
 
-    PORTS = {"gateway": 18100, "gpu": 51151, "embedding": 51152, "reranking": 51153, "classifier": 51154}
+    PORTS = {"gateway": 18100, "gpu": 51151, "embedding": 51152, "reranking": 51153, "classifier": 51154,
+             "documents": 51155}
 
     def __init__(self):
         self.run_dir = Path(tempfile.mkdtemp(prefix="torchgate-bench-containers-"))
@@ -208,7 +211,10 @@ def main() -> None:
                 loads.append((name, concurrency, per_call, {
                     "grpc": grpc_load(mesh, name, concurrency, per_call, args.seconds, args.warmup),
                     "rest": rest_load(mesh, scenario, concurrency, per_call, args.seconds, args.warmup)}))
+        markdown = documents.corpus()
+        documents_served = documents.served(f"http://127.0.0.1:{mesh.ports['gateway']}", markdown)
         rss = mesh.rss()
+    documents_report = documents.report(documents_served, documents.in_process(markdown), len(markdown.split()))
     ceilings = {}
     for name in names:
         runs = [max(first, second, key=lambda run: run["rate"])
@@ -233,8 +239,9 @@ def main() -> None:
     edge = measure(args.seconds) if "embed" in names else {}
     report = {"machine": machine, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "seconds_per_load": args.seconds, "worker_dtypes": dtypes, "rows": rows, "rss_mb": rss,
-              "tracing": tracing, "containers": containers, "edge": edge}
+              "tracing": tracing, "containers": containers, "edge": edge, "documents": documents_report}
     print_table(report)
+    documents.print_report(documents_report)
     if edge:
         print_edge(edge)
     out = ROOT / "bench/results" / f"{time.strftime('%Y%m%d-%H%M%S')}-{platform.node() or 'host'}.json"

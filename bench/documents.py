@@ -1,5 +1,6 @@
 """Chunk + embed of a Markdown corpus of about 200 pages: through the gateway (`POST /v1/chunk`, `embed: true`)
-against the same HybridChunker and sentence-transformers encode in one process, measured in one run.
+against the same HybridChunker and sentence-transformers encode in one process, measured in one run (a row of
+`make bench`, or alone against a running mesh):
 
     make start && .venv/bin/python -m bench.documents [GATEWAY_URL]
 
@@ -57,14 +58,23 @@ def served(url: str, markdown: str) -> tuple[float, int]:
         return time.perf_counter() - started, len(reply.json()["data"])
 
 
+def report(served_run: tuple[float, int], local_run: tuple[float, int], words: int) -> dict:
+    (served_s, served_chunks), (local_s, local_chunks) = served_run, local_run
+    return {"pages": PAGES, "words": words, "served_s": served_s, "served_chunks": served_chunks,
+            "in_process_s": local_s, "in_process_chunks": local_chunks, "ratio": local_s / served_s}
+
+
+def print_report(result: dict) -> None:
+    print(f"chunk+embed, {result['pages']} pages ({result['words']} words): served {result['served_s']:.2f} s "
+          f"({result['pages'] / result['served_s']:.1f} pages/s, {result['served_chunks']} chunks); in-process "
+          f"{result['in_process_s']:.2f} s ({result['pages'] / result['in_process_s']:.1f} pages/s, "
+          f"{result['in_process_chunks']} chunks): {result['ratio']:.2f}x")
+
+
 def main() -> None:
     url = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8000"
     markdown = corpus()
-    served_s, served_chunks = served(url, markdown)
-    local_s, local_chunks = in_process(markdown)
-    print(f"chunk+embed, {PAGES} pages ({len(markdown.split())} words): served {served_s:.2f} s "
-          f"({PAGES / served_s:.1f} pages/s, {served_chunks} chunks); in-process {local_s:.2f} s "
-          f"({PAGES / local_s:.1f} pages/s, {local_chunks} chunks); ratio {local_s / served_s:.2f}x")
+    print_report(report(served(url, markdown), in_process(markdown), len(markdown.split())))
 
 
 if __name__ == "__main__":

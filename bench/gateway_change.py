@@ -17,10 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.__main__ import ROOT, Mesh, rate, rest_load
+from bench.__main__ import ALL_WORKERS, ROOT, Mesh, rate, rest_load
 from bench.scenarios import SCENARIOS
 
-UPSTREAMS = ("gpu", "embedding", "reranking", "classifier")
+UPSTREAMS = ALL_WORKERS
 
 
 class BaseGateway:

@@ -13,7 +13,7 @@ from gateway.cache import ResponseCache
 from gateway.config import GatewaySettings
 from gateway.contract import publish_limits
 from gateway.errors import install_error_handlers
-from gateway.json_routes import json_routes
+from gateway.json_routes import form_contract, json_routes
 from gateway.metrics import MULTIPROCESS_DIR, forget_this_process
 from gateway.middleware import EdgeMiddleware
 from gateway.redis_client import SharedRedis
@@ -179,15 +179,18 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(health.router)
     routes = frozenset(route.path for router in (*API_ROUTERS, torchserve.router, open_inference.router, health.router)
                        for route in router.routes)
+    edge_routes = json_routes(API_ROUTERS)
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes, routes=routes, tenants=tenants,
                        raw_body_prefixes=(torchserve.RAW_BODY_PREFIX, open_inference.RAW_BODY_PREFIX),
-                       open_paths=OPEN_PATHS, quiet_paths=PROBE_PATHS, json_routes=json_routes(API_ROUTERS))
+                       open_paths=OPEN_PATHS, quiet_paths=PROBE_PATHS, json_routes=edge_routes)
     static_openapi = app.openapi
 
     def openapi() -> dict:
-        """The schema with the limits each worker published (unknown until the worker answered Info)."""
+        """The schema with the limits each worker published (unknown until the worker answered Info), and the
+        form routes' multipart bodies."""
         pools = getattr(app.state, "pools", {})
-        return publish_limits(static_openapi(), {task: pool.pools[0].limits for task, pool in pools.items()})
+        return form_contract(publish_limits(static_openapi(), {task: pool.pools[0].limits
+                                                               for task, pool in pools.items()}), edge_routes)
 
     app.openapi = openapi
     if tracing:

@@ -27,7 +27,7 @@ NON_BLANK = r"[^\t\n\v\f\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f
 # Where a worker-published limit applies: "<upstream>.<limit>", replaced by the number in the schema.
 LIMIT_KEY = "x-torchgate-limit"
 _LIMIT_KEYWORDS = {"max_items": "maxItems", "max_chars": "maxLength", "dimension": "maximum",
-                   "max_token_id": "maximum", "prompt_names": "enum"}
+                   "max_token_id": "maximum", "prompt_names": "enum", "max_tokens": "maximum"}
 
 
 def _valid_unicode(value: str) -> str:
@@ -132,11 +132,13 @@ class Limits:
     prompt_names: tuple[str | None, ...] = (None,)  # null: no prompt
     stands_in_for: str = ""  # the configured model a fallback replaces
     fingerprint: str = ""  # equal fingerprints, equal results (the response cache's key)
+    max_tokens: int = 0  # the model's window, special tokens included
 
     @classmethod
     def from_info(cls, info) -> "Limits":
         return cls(info.model_id, info.max_items_per_request, info.max_chars_per_item, info.dimension,
-                   max(info.vocab_size - 1, 0), (None, *sorted(info.prompts)), info.stands_in_for, info.fingerprint)
+                   max(info.vocab_size - 1, 0), (None, *sorted(info.prompts)), info.stands_in_for, info.fingerprint,
+                   info.max_input_tokens)
 
     def names(self) -> set[str]:
         """What a request may call the model (torchgate.models.model_names)."""

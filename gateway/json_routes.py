@@ -59,8 +59,8 @@ class JsonRoute:
 
     @property
     def accepts_form(self) -> bool:
-        """Whether the body may come as multipart/form-data (a file upload): its model says so."""
-        return getattr(self.body, "ACCEPTS_FORM", False)
+        """Whether the body may come as multipart/form-data (a file upload): its model names its file field."""
+        return bool(getattr(self.body, "FORM_FILE", ""))
 
     @staticmethod
     async def load_form(body: bytes, headers: list[tuple[bytes, bytes]], max_part_bytes: int) -> dict:
@@ -94,6 +94,33 @@ class JsonRoute:
             return self.body.model_validate(document, strict=False if isinstance(document, FormDocument) else None)
         except ValidationError as error:
             raise invalid_body(error.errors()) from None
+
+
+def form_contract(schema: dict, routes: dict[str, JsonRoute]) -> dict:
+    """The OpenAPI schema with each form route's two bodies told apart: multipart/form-data carries the file
+    (`FORM_FILE`, required) and the other fields; JSON carries the text (`TEXT_FIELD`, required) instead of the
+    file, or is not offered when the route takes files only."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for path, route in routes.items():
+        if not route.accepts_form:
+            continue
+        body = schema["paths"][path]["post"]["requestBody"]
+        name = route.body.__name__
+        full = components[name]
+        file_field, text_field = route.body.FORM_FILE, getattr(route.body, "TEXT_FIELD", "")
+        components[f"{name}Form"] = _narrowed(full, drop=text_field, require=file_field)
+        content = {"multipart/form-data": {"schema": {"$ref": f"#/components/schemas/{name}Form"}}}
+        if text_field:
+            components[name] = _narrowed(full, drop=file_field, require=text_field)
+            content["application/json"] = body["content"]["application/json"]
+        body["content"] = content
+    return schema
+
+
+def _narrowed(schema: dict, drop: str, require: str) -> dict:
+    properties = {name: value for name, value in schema["properties"].items() if name != drop}
+    required = sorted({*schema.get("required", []), require} - {drop})
+    return {**schema, "properties": properties, "required": required}
 
 
 def json_routes(routers: Iterable[APIRouter]) -> dict[str, JsonRoute]:

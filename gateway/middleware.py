@@ -157,7 +157,8 @@ class EdgeMiddleware:
         return None
 
     def _accepts_form(self, scope) -> bool:
-        json_route = self.json_routes.get(scope["path"]) if scope["method"] == "POST" else None
+        """Whether the path's POST route takes a form (another method on it is then a 405, not a 415)."""
+        json_route = self.json_routes.get(scope["path"])
         return json_route is not None and json_route.accepts_form
 
     async def _read_body(self, scope, receive) -> bytes | ApiError | None:

@@ -5,13 +5,14 @@ import base64
 import binascii
 import json
 import time
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import Field, model_validator
+from pydantic import Field
+from pydantic.json_schema import SkipJsonSchema
 
 from gateway import pipeline
-from gateway.contract import UINT32_MAX, ModelRequest, Name, RequestBody, json_int
+from gateway.contract import LIMIT_KEY, NON_BLANK, UINT32_MAX, ModelRequest, Name, RequestBody, json_int
 from gateway.errors import MODEL_ROUTE_ERRORS, ApiError
 from gateway.responses import JSONResponse
 from gateway.tasks.documents import CHUNK, CONVERT, ChunkCall, Chunked, ConvertCall
@@ -19,28 +20,38 @@ from gateway.tasks.documents import CHUNK, CONVERT, ChunkCall, Chunked, ConvertC
 router = APIRouter(responses=MODEL_ROUTE_ERRORS)
 
 TextFormat = Literal["text", "markdown", "html", "asciidoc", "csv", "docling"]
+ExportFormat = Literal["md", "json", "text"]
+
+
+MAX_TOKENS_LIMIT = {LIMIT_KEY: "embedding.max_tokens"}
 
 
 class ChunkRequest(ModelRequest):
-    ACCEPTS_FORM: ClassVar[bool] = True
+    """JSON carries the document as `input`; multipart/form-data as the `file` part (form_contract)."""
 
-    input: str | None = Field(None, min_length=1, description="The document as text (in `format`); or send `file`.")
-    file: bytes | None = Field(None, description="multipart/form-data only: the file (PDF, DOCX, PPTX, XLSX, HTML, "
-                                                 "Markdown, AsciiDoc, CSV, text), its type read from its bytes.")
-    file_filename: str = Field("", max_length=255, description="Set from the multipart part's filename.")
+    FORM_FILE: ClassVar[str] = "file"
+    TEXT_FIELD: ClassVar[str] = "input"
+
+    input: Annotated[str, Field(min_length=1, pattern=NON_BLANK, description="The document as text (in `format`); "
+                                                                              "or send `file`.")] | None = None
+    file: bytes | None = Field(None, description="The file (PDF, DOCX, PPTX, XLSX, HTML, Markdown, AsciiDoc, CSV, "
+                                                 "text), its type read from its bytes.")
+    file_filename: SkipJsonSchema[str] = Field("", max_length=255)  # the multipart part's filename
     format: TextFormat | None = Field(None, description="How to read `input` (default markdown), or a text file.")
     max_tokens: json_int(1, UINT32_MAX) | None = Field(
-        None, description="Most tokens of a chunk's contextualized_text by the model's tokenizer, special tokens "
-                          "included; default and most: the model's window.")
-    overlap: json_int(0, UINT32_MAX) = Field(0, description="Tokens of the previous chunk repeated at a chunk's start.")
+        None, json_schema_extra=MAX_TOKENS_LIMIT,
+        description="Most tokens of a chunk's contextualized_text by the model's tokenizer, special tokens "
+                    "included; default and most: the model's window.")
+    overlap: json_int(0, UINT32_MAX) = Field(
+        0, description="Tokens of the previous chunk repeated at a chunk's start; at most under half of max_tokens.")
     embed: bool = Field(False, description="Also embed each chunk's contextualized_text (as /v1/embeddings would).")
     user: Name | None = Field(None, description="The end user: keeps them on one version of a model alias.")
 
-    @model_validator(mode="after")
-    def one_source(self):
+    def content(self) -> bytes:
         if (self.input is None) == (self.file is None):
-            raise ValueError("send the document as `input` (text) or as a multipart `file`, exactly one")
-        return self
+            raise ApiError(422, "invalid_request_error", "send the document as `input` (text) or as a multipart "
+                                                         "`file`, exactly one")
+        return self.file if self.file is not None else self.input.encode()
 
 
 def _chunk_call(request: Request, content: bytes, filename: str, format_: str, model: str | None,
@@ -54,7 +65,7 @@ def _chunk_call(request: Request, content: bytes, filename: str, format_: str, m
 @router.post("/v1/chunk", response_class=JSONResponse)
 async def chunk(body: ChunkRequest, request: Request):
     """A document in, its chunks out: structure first, then bounded by the served model's tokenizer."""
-    content = body.file if body.file is not None else body.input.encode()
+    content = body.content()
     chunked = await pipeline.run(request, CHUNK, _chunk_call(
         request, content, body.file_filename, body.format or ("" if body.file is not None else "markdown"),
         body.model, body.max_tokens, body.overlap, body.embed, body.timeout, body.user))
@@ -78,22 +89,20 @@ def _vectors(chunked: Chunked) -> list:
 class DoclingFileRequest(RequestBody):
     """Docling Serve's multipart fields (the ones that apply here; the others are accepted and ignored)."""
 
-    ACCEPTS_FORM: ClassVar[bool] = True
+    FORM_FILE: ClassVar[str] = "files"
 
-    files: bytes | list[bytes] = Field(description="The file (one per request here).")
-    files_filename: str | list[str] = ""
-    chunking_max_tokens: json_int(1, UINT32_MAX) | None = Field(None, description="Most tokens of a chunk.")
+    files: bytes = Field(description="The file (one per request here).")
+    files_filename: SkipJsonSchema[str] = ""
+    chunking_max_tokens: json_int(1, UINT32_MAX) | None = Field(None, json_schema_extra=MAX_TOKENS_LIMIT,
+                                                                description="Most tokens of a chunk.")
     chunking_tokenizer: Name | None = Field(None, description="The served embedding model whose tokenizer bounds "
                                                               "the chunks (default: the default model).")
     chunking_include_raw_text: bool = Field(True, description="Add each chunk's text without its headings.")
-    to_formats: str | list[str] = Field("md", description="/v1/convert/file: md, json and/or text.")
+    to_formats: ExportFormat | list[ExportFormat] = Field("md", description="/v1/convert/file: md, json and/or "
+                                                                           "text.")
 
     def one_file(self) -> tuple[bytes, str]:
-        files = self.files if isinstance(self.files, list) else [self.files]
-        names = self.files_filename if isinstance(self.files_filename, list) else [self.files_filename]
-        if len(files) != 1:
-            raise ApiError(400, "invalid_request_error", f"send one file per request ({len(files)} were sent)")
-        return files[0], names[0]
+        return self.files, self.files_filename
 
 
 class DoclingSource(RequestBody):
@@ -104,7 +113,7 @@ class DoclingSource(RequestBody):
 
 
 class DoclingChunkingOptions(RequestBody):
-    max_tokens: json_int(1, UINT32_MAX) | None = None
+    max_tokens: json_int(1, UINT32_MAX) | None = Field(None, json_schema_extra=MAX_TOKENS_LIMIT)
     tokenizer: Name | None = None
     include_raw_text: bool = True
 
@@ -160,10 +169,6 @@ async def docling_convert_file(body: DoclingFileRequest, request: Request):
     started = time.perf_counter()
     content, filename = body.one_file()
     formats = set(body.to_formats if isinstance(body.to_formats, list) else [body.to_formats])
-    unknown = formats - {"md", "json", "text"}
-    if unknown:
-        raise ApiError(400, "invalid_request_error", f"to_formats: {', '.join(sorted(unknown))[:80]} not supported "
-                                                     f"here; md, json and text are")
     converted = await pipeline.run(request, CONVERT, ConvertCall(content=content, filename=filename))
     reply = converted.reply
     exported = _export(filename, {"md_content": reply.markdown if "md" in formats else None,

@@ -62,9 +62,11 @@ class Chunk(Task[ChunkCall, Chunked]):
         return 1
 
     def check(self, call: ChunkCall, pool: Upstream) -> None:
-        if call.overlap and call.max_tokens and call.overlap * 2 >= call.max_tokens:
-            raise ApiError(400, "invalid_request_error", f"overlap is {call.overlap} tokens; it must stay under "
-                                                         f"half of max_tokens ({call.max_tokens})")
+        window = pool.limits.max_tokens if pool.limits else 0
+        if window and call.max_tokens > window:
+            raise ApiError(400, "invalid_request_error", f"max_tokens is {call.max_tokens} but "
+                                                         f"{pool.limits.model_id} reads at most {window} tokens: ask "
+                                                         f"for fewer", pool.name)
 
     async def compute(self, pool: Upstream, call: ChunkCall, model: str | None, timeout: float) -> Chunked:
         identity = pool.model_identity()

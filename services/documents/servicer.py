@@ -53,11 +53,10 @@ class DocumentsServicer(WorkerServicer, documents_pb2_grpc.DocumentServiceServic
         if max_tokens > tokenizer.max_input_tokens:
             raise InvalidInput(f"max_tokens is {max_tokens} but {tokenizer.model} reads at most "
                                f"{tokenizer.max_input_tokens} tokens: ask for fewer")
-        if request.overlap * 2 >= max_tokens:
-            raise InvalidInput(f"overlap is {request.overlap} tokens; it must stay under half of max_tokens "
-                               f"({max_tokens})")
+        # An overlap is at most under half a chunk: a chunk must bring more new text than it repeats.
+        overlap = min(request.overlap, (max_tokens - 1) // 2)
         result = await self.conversions.run(replace(job, tokenizer_json=tokenizer.definition, max_tokens=max_tokens,
-                                                    overlap=request.overlap))
+                                                    overlap=overlap))
         return documents_pb2.ChunkResponse(model=tokenizer.model, format=job.format, pages=result["pages"],
                                            chunks=[documents_pb2.Chunk(**chunk) for chunk in result["chunks"]])
 

@@ -21,9 +21,11 @@ from tests.integration.conftest import grpcurl
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 # Host ports of their own, beside a developer's local mesh on the defaults.
-PORTS = {"gateway": 18000, "gpu": 51051, "embedding": 51052, "reranking": 51053, "classifier": 51054}
+PORTS = {"gateway": 18000, "gpu": 51051, "embedding": 51052, "reranking": 51053, "classifier": 51054,
+         "documents": 51055}
 SERVICES = {"gpu": "torchgate.v1.GpuService", "embedding": "torchgate.v1.EmbeddingService",
-            "reranking": "torchgate.v1.RerankingService", "classifier": "torchgate.v1.ClassifierService"}
+            "reranking": "torchgate.v1.RerankingService", "classifier": "torchgate.v1.ClassifierService",
+            "documents": "torchgate.v1.DocumentService"}
 ENV = {**os.environ, **{f"TORCHGATE_{name.upper()}_PORT": str(port) for name, port in PORTS.items()},
        "TORCHGATE_PYTHON": os.environ.get("TORCHGATE_PYTHON", str(ROOT / ".venv" / "bin" / "python"))}
 URL = f"http://127.0.0.1:{PORTS['gateway']}"
@@ -114,7 +116,7 @@ def test_the_containerized_mesh_serves_what_the_model_computes_in_process(compos
 
     healthy = script("health.sh", "--compose")
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
-    assert healthy.stdout.count("SERVING") == 4 and "ready" in healthy.stdout
+    assert healthy.stdout.count("SERVING") == len(SERVICES) and "ready" in healthy.stdout
 
 
 def test_workers_answer_grpcurl_on_their_published_ports(compose_mesh):

@@ -105,7 +105,7 @@ def test_ctrl_c_on_make_run_piped_into_tee_drains_and_stops_every_service(tmp_pa
             assert pipeline.poll() is None and time.monotonic() < give_up, pipeline.stderr.read().decode()
             time.sleep(0.5)
         services = {path.stem: int(path.read_text()) for path in run_dir.glob("*.pid")}
-        assert set(services) == {"gpu", "embedding", "reranking", "classifier", "gateway"}
+        assert set(services) == {"gpu", "embedding", "reranking", "classifier", "documents", "gateway"}
         os.killpg(pipeline.pid, signal.SIGINT)
         pipeline.wait(timeout=90)
         drained_by = time.monotonic() + 60  # each service's grace period, had anything outlived the pipeline

@@ -7,7 +7,14 @@ import httpx
 import pytest
 
 from gateway.app import create_app
-from gateway.config import ClassifierUpstream, EmbeddingUpstream, GatewaySettings, GpuUpstream, RerankingUpstream
+from gateway.config import (
+    ClassifierUpstream,
+    DocumentsUpstream,
+    EmbeddingUpstream,
+    GatewaySettings,
+    GpuUpstream,
+    RerankingUpstream,
+)
 from services.classifier.servicer import ClassifierServicer
 from services.classifier.settings import ClassifierSettings
 from services.embedding.servicer import EmbeddingServicer
@@ -50,12 +57,14 @@ def unused_address() -> str:
 @asynccontextmanager
 async def gateway_client(addresses: str, api_keys: str = "", max_body_bytes: int = 8 * 1024 * 1024,
                          reranking: str | None = None, classifier: str | None = None, gpu: str | None = None,
+                         documents: str | None = None,
                          cache: bool = True, cache_url: str = "", cache_bytes: int = 64 * 1024 * 1024,
                          tenants_file: str = "", routes_file: str = "", redis_timeout_s: float = 0.25, **upstream):
     settings = GatewaySettings(embedding=EmbeddingUpstream(addresses=addresses, **upstream),
                                reranking=RerankingUpstream(addresses=reranking or unused_address()),
                                classifier=ClassifierUpstream(addresses=classifier or unused_address()),
                                gpu=GpuUpstream(addresses=gpu or unused_address()),
+                               documents=DocumentsUpstream(addresses=documents or unused_address()),
                                api_keys=api_keys, max_body_bytes=max_body_bytes, cache=cache, cache_url=cache_url,
                                cache_bytes=cache_bytes, tenants_file=tenants_file, routes_file=routes_file,
                                redis_timeout_s=redis_timeout_s)
