@@ -1,6 +1,7 @@
 """DocumentService: sniff, bound, and hand each document to a conversion child; the tokenizer from the embedding
 worker that serves the model."""
 
+import asyncio
 from dataclasses import replace
 
 from services.documents.formats import BINARY_FORMATS, TEXT_FORMATS, TooLarge, sniff
@@ -36,18 +37,19 @@ class DocumentsServicer(WorkerServicer, documents_pb2_grpc.DocumentServiceServic
     async def drain(self, timeout: float) -> None:
         await self.tokenizers.close()
 
-    def _job(self, source: documents_pb2.Source) -> Job:
+    async def _job(self, source: documents_pb2.Source) -> Job:
         if self.conversions is None:
             raise Unavailable("the documents worker is still starting; retry shortly")
         if len(source.content) > self.settings.max_document_bytes:
             raise TooLarge(f"the document has {len(source.content)} bytes; at most "
                            f"{self.settings.max_document_bytes} are allowed")
-        format_ = sniff(source.content, source.format, self.settings.max_decompressed_bytes)
+        # Decoding and looking into megabytes of a caller's bytes is no work for the event loop.
+        format_ = await asyncio.to_thread(sniff, source.content, source.format, self.settings.max_decompressed_bytes)
         return Job(content=source.content, format=format_, filename=source.filename[:255] or f"document.{format_}",
                    max_pages=self.settings.max_pages, max_chunks=self.settings.max_chunks)
 
     async def Chunk(self, request: documents_pb2.ChunkRequest, context) -> documents_pb2.ChunkResponse:
-        job = self._job(request.source)
+        job = await self._job(request.source)
         tokenizer = await self.tokenizers.get(request.model, request.fingerprint)
         max_tokens = request.max_tokens or tokenizer.max_input_tokens
         if max_tokens > tokenizer.max_input_tokens:
@@ -61,7 +63,7 @@ class DocumentsServicer(WorkerServicer, documents_pb2_grpc.DocumentServiceServic
                                            chunks=[documents_pb2.Chunk(**chunk) for chunk in result["chunks"]])
 
     async def Convert(self, request: documents_pb2.ConvertRequest, context) -> documents_pb2.ConvertResponse:
-        job = self._job(request.source)
+        job = await self._job(request.source)
         result = await self.conversions.run(job)
         return documents_pb2.ConvertResponse(format=job.format, **result)
 
