@@ -13,6 +13,7 @@ from gateway.cache import ResponseCache
 from gateway.config import GatewaySettings
 from gateway.contract import publish_limits
 from gateway.errors import install_error_handlers
+from gateway.jobs import Jobs
 from gateway.json_routes import form_contract, json_routes
 from gateway.metrics import MULTIPROCESS_DIR, forget_this_process
 from gateway.middleware import EdgeMiddleware
@@ -27,6 +28,7 @@ from gateway.routes import (
     embeddings,
     gpu,
     health,
+    jobs,
     models,
     open_inference,
     rerank,
@@ -73,6 +75,8 @@ UPSTREAMS = {
 }
 
 
+# Room for a batch file's multipart framing and its purpose field, past the file's own limit.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
 # Routers behind the API key (health and metrics stay open for probes and scrapers).
 API_ROUTERS = (embeddings.router, rerank.router, cohere.router, classify.router, documents.router, gpu.router,
                models.router, usage.router)
@@ -142,9 +146,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             app.state.cache = ResponseCache(settings.cache_bytes, redis_clients.get(settings.cache_url),
                                             settings.cache_ttl_s)
         reloader.start()
+        await app.state.jobs.start()
         log.info("gateway ready", extra={"upstreams": {name: client.settings.addresses
                                                        for name, client in app.state.upstreams.items()}})
         yield
+        await app.state.jobs.close()
         if app.state.cache is not None:
             await app.state.cache.close()
         await reloader.close()
@@ -174,15 +180,18 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     install_error_handlers(app)
     # The credential is checked by the edge middleware before the body is read; the dependency only documents it.
     documented_key = [Depends(HTTPBearer(auto_error=False))] if tenants.required else []
-    for router in (*API_ROUTERS, torchserve.router, open_inference.router):
+    for router in (*API_ROUTERS, torchserve.router, open_inference.router, jobs.router):
         app.include_router(router, dependencies=documented_key)
     app.include_router(health.router)
-    routes = frozenset(route.path for router in (*API_ROUTERS, torchserve.router, open_inference.router, health.router)
+    routes = frozenset(route.path for router in (*API_ROUTERS, torchserve.router, open_inference.router, jobs.router,
+                                                 health.router)
                        for route in router.routes)
-    edge_routes = json_routes(API_ROUTERS)
+    edge_routes = app.state.json_routes = json_routes(API_ROUTERS)
+    app.state.jobs = Jobs(app, settings)
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes, routes=routes, tenants=tenants,
                        raw_body_prefixes=(torchserve.RAW_BODY_PREFIX, open_inference.RAW_BODY_PREFIX),
-                       open_paths=OPEN_PATHS, quiet_paths=PROBE_PATHS, json_routes=edge_routes)
+                       open_paths=OPEN_PATHS, quiet_paths=PROBE_PATHS, json_routes=edge_routes,
+                       upload_paths={jobs.FILES_PATH: settings.jobs_max_file_bytes + MULTIPART_OVERHEAD_BYTES})
     static_openapi = app.openapi
 
     def openapi() -> dict:

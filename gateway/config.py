@@ -92,6 +92,21 @@ class GatewaySettings(BaseSettings):
     tls_server_name: str = Field(
         "", description="Name the workers' certificates must carry when upstreams are IP addresses (e.g. localhost)."
     )
+    jobs_url: str = Field("", description="postgresql://user:password@host:port/db for batch jobs shared by several "
+                                          "gateway processes or hosts; empty: SQLite in JOBS_DIR.")
+    jobs_dir: str = Field(".run/jobs", description="Directory of the embedded batch job store (jobs.sqlite3, "
+                                                   "created on first use).")
+    jobs_max_file_bytes: int = Field(200 * 1024 * 1024, ge=1024, description="Largest batch file accepted (413).")
+    jobs_max_lines: int = Field(50_000, ge=1, description="Most requests in one batch file (413).")
+    jobs_slice_lines: int = Field(32, ge=1, description="Lines a runner claims at once (one lease, one commit).")
+    jobs_slices: int = Field(4, ge=1, description="Slices each gateway process runs at once: its batch lines in "
+                                                  "flight are SLICES x SLICE_LINES.")
+    jobs_lease_s: float = Field(30.0, gt=0, description="How long a claim holds its lines without renewal: a dead "
+                                                        "claimer's lines return to the queue after it.")
+    jobs_batches_per_tenant: int = Field(2, ge=1, description="Batches of one tenant running at once; later ones "
+                                                              "wait in `validating`.")
+    jobs_max_attempts: int = Field(5, ge=1, description="Attempts of a line answered 429, 503 or 504 before that "
+                                                        "answer is final.")
     gpu: GpuUpstream = Field(default_factory=GpuUpstream, description="GPU management upstream.")
     embedding: EmbeddingUpstream = Field(default_factory=EmbeddingUpstream, description="Embedding upstream.")
     reranking: RerankingUpstream = Field(default_factory=RerankingUpstream, description="Reranking upstream.")

@@ -10,8 +10,8 @@ device streams answers its callers only when both parts are done, which ties the
 
 Each caller keeps what was its own: its slice of the reply (`Mergeable.split`), its error (a merged call
 refused as invalid input is sent again one request at a time, so one client's bad input fails only that
-client), its deadline (only requests with the same deadline merge) and its disconnect (the merged call is
-cancelled when its last caller has gone).
+client), its deadline and priority (only requests with the same deadline and priority merge) and its
+disconnect (the merged call is cancelled when its last caller has gone).
 """
 
 import asyncio
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from google.protobuf.message import Message
 
 from gateway.errors import ApiError
+from torchgate.priority import background_work
 
 # A refusal of the input, which may concern one caller's part only; any other failure is every caller's.
 INPUT_ERROR_STATUSES = frozenset({400, 422})
@@ -80,7 +81,7 @@ class CallMerger:
         if options is None:
             return await self.send(method, request, timeout, (request_id,))
         items = len(getattr(request, merge.field))
-        key = (method, merge.field, timeout, options)
+        key = (method, merge.field, timeout, background_work.get(), options)
         pending = self._open.get(key)
         if pending is None or len(pending.requests) >= self.max_requests or pending.items + items > max_items:
             pending = _Merge(asyncio.get_running_loop())

@@ -56,6 +56,17 @@ SHADOW_AGREEMENT = Histogram("torchgate_gateway_shadow_agreement", "Agreement of
                              "cosine (or rank correlation of similarities), classify same intent, rerank same top-1",
                              ["alias", "shadow"], buckets=(0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1))
 
+# Batch jobs (gateway/jobs/): the gauges read the job store, which every gateway process shares (hence livemax).
+JOB_BATCHES = Gauge("torchgate_gateway_batches", "Batch jobs by status", ["status"], multiprocess_mode="livemax")
+JOB_LINES = Counter("torchgate_gateway_batch_lines_total", "Batch lines answered by this process, by outcome "
+                    "(completed, failed) and endpoint", ["outcome", "endpoint"])
+JOB_RETRIES = Counter("torchgate_gateway_batch_line_retries_total", "Batch lines put back for a later attempt "
+                      "(429, 503, 504), by status", ["status"])
+JOB_QUEUED_LINES = Gauge("torchgate_gateway_batch_queued_lines", "Lines of waiting and running batches not yet "
+                         "answered", multiprocess_mode="livemax")
+JOB_OLDEST_QUEUED = Gauge("torchgate_gateway_batch_oldest_queued_seconds", "Age of the oldest batch with lines "
+                          "not yet answered", multiprocess_mode="livemax")
+
 
 def exposition() -> bytes:
     """The text exposition of this process, or of every gateway process in multiprocess mode."""

@@ -4,9 +4,11 @@ Every request gets an id first: the client's X-Request-ID when it is plain and s
 returned on every response, sent to the worker and named in every log line about the request. In order:
 header size (431), the caller's tenant (401/403, gateway/tenants/, before a byte of the body is read), a body
 declared too large (413 before a byte is read, and the connection closed), body size counted as the bytes
-arrive, chunked uploads included (413, memory bounded by the cap), content type (415), JSON. A POST is a task's
-call: the task pipeline (gateway/pipeline.py) takes the tenant's limits once the protocol's body is translated
-and its inputs are counted; any other request is charged here, as one request without inputs (429).
+arrive, chunked uploads included (413, memory bounded by the cap), content type (415), JSON. An upload path (a
+batch file, up to its own limit) is not buffered: its route streams the body to disk, counted here the same way.
+A POST is a task's call: the task pipeline (gateway/pipeline.py) takes the tenant's limits once the protocol's
+body is translated and its inputs are counted; any other request is charged here, as one request without inputs
+(429).
 The route (a JSON POST route runs here, see gateway/json_routes.py; the rest through FastAPI) then runs while
 the middleware listens for the client going away: a disconnect cancels the route, and with it the gRPC call, so
 the worker drops that request's queued work. Request metrics, the tenant's usage and the access log line (the
@@ -52,8 +54,10 @@ def _is_form(content_type: bytes | None) -> bool:
 class EdgeMiddleware:
     def __init__(self, app, max_body_bytes: int, routes: frozenset[str], tenants: TenantGate,
                  open_paths: frozenset[str], json_routes: dict[str, JsonRoute],
-                 quiet_paths: frozenset[str] = frozenset(), raw_body_prefixes: tuple[str, ...] = ()):
+                 quiet_paths: frozenset[str] = frozenset(), raw_body_prefixes: tuple[str, ...] = (),
+                 upload_paths: dict[str, int] | None = None):
         self.app = app
+        self.upload_paths = upload_paths or {}
         self.json_routes = json_routes
         self.quiet_paths = quiet_paths
         self.max_body_bytes = max_body_bytes
@@ -93,8 +97,15 @@ class EdgeMiddleware:
             if refusal is None and scope["path"] not in self.open_paths:
                 tenant = await self.tenants.authenticate(scope["headers"])
                 state["tenant"] = tenant
-            refusal = refusal or self._unreadable_body(scope)
-            body = await self._read_body(scope, receive) if refusal is None else None
+            upload_cap = self.upload_paths.get(scope["path"]) if scope["method"] == "POST" else None
+            if upload_cap is not None:
+                refusal = refusal or self._oversized_upload(scope, upload_cap)
+                if refusal is None:
+                    await self.app(scope, self._counted(receive, upload_cap), send_observed)
+                body = None
+            else:
+                refusal = refusal or self._unreadable_body(scope)
+                body = await self._read_body(scope, receive) if refusal is None else None
             if isinstance(body, ApiError):
                 refusal = body
             elif body is not None:
@@ -139,6 +150,29 @@ class EdgeMiddleware:
             return ApiError(431, "request_header_fields_too_large",
                             f"the request headers exceed {MAX_HEADER_BYTES} bytes")
         return None
+
+    @staticmethod
+    def _oversized_upload(scope, cap: int) -> ApiError | None:
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > cap:
+            return ApiError(413, "request_too_large", f"the upload has {int(length)} bytes; the limit is {cap}",
+                            headers=CLOSE)
+        return None
+
+    @staticmethod
+    def _counted(receive, cap: int):
+        """`receive` for a route that streams its body (a batch file, spooled to disk): 413 past `cap` bytes."""
+        size = 0
+
+        async def counted():
+            nonlocal size
+            message = await receive()
+            size += len(message.get("body", b""))
+            if size > cap:
+                raise ApiError(413, "request_too_large", f"the upload exceeds {cap} bytes", headers=CLOSE)
+            return message
+
+        return counted
 
     def _unreadable_body(self, scope) -> ApiError | None:
         """A body refused from the headers alone: declared too large, or not JSON."""

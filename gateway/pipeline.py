@@ -34,7 +34,8 @@ async def run(request: Request, task: Task[CallT, AnswerT], call: CallT) -> Answ
     tenant = state.get("tenant")
     admission = None
     if tenant is not None:
-        admission = await request.app.state.tenants.admit(tenant, inputs, state.get("route", "other"))
+        admission = await request.app.state.tenants.admit(tenant, inputs, state.get("route", "other"),
+                                                          state.get("background", False))
         if admission.headers:
             state.setdefault("response_headers", {}).update(admission.headers)
     try:

@@ -5,7 +5,7 @@ import base64
 import binascii
 import json
 import time
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import Field
@@ -172,14 +172,10 @@ async def docling_convert_file(body: DoclingFileRequest, request: Request):
     converted = await pipeline.run(request, CONVERT, ConvertCall(content=content, filename=filename))
     reply = converted.reply
     exported = _export(filename, {"md_content": reply.markdown if "md" in formats else None,
-                                  "json_content": _json(reply.docling_json) if "json" in formats else None,
+                                  "json_content": json.loads(reply.docling_json) if "json" in formats else None,
                                   "text_content": reply.text if "text" in formats else None})
     return JSONResponse({"document": exported["content"], "status": "success", "errors": [],
                          "processing_time": time.perf_counter() - started, "timings": {}})
-
-
-def _json(text: str) -> Any:
-    return json.loads(text)
 
 
 def _export(filename: str, content: dict) -> dict:

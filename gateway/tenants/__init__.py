@@ -50,8 +50,16 @@ class TenantGate:
             return self.anonymous
         return await directory.authenticate(headers)
 
-    async def admit(self, tenant: Tenant, inputs: int, route: str) -> Admission:
-        return await self.limiter.admit(tenant, inputs, route)
+    def named(self, name: str) -> Tenant | None:
+        """The tenant of that name now (a batch job runs as the tenant that created it), or None when the
+        tenants file no longer has it."""
+        directory = self.directory
+        if directory is None:
+            return self.anonymous if name == ANONYMOUS else None
+        return directory.tenants.get(name)
+
+    async def admit(self, tenant: Tenant, inputs: int, route: str, background: bool = False) -> Admission:
+        return await self.limiter.admit(tenant, inputs, route, background)
 
     def record(self, tenant: Tenant, route: str, model: str, inputs: int, tokens: int, status: int) -> None:
         self.ledger.record(tenant, route, model, inputs, tokens, status)

@@ -89,9 +89,11 @@ class Admission:
     limiter: "Limiter"
     tenant: str
     headers: dict[str, str]
+    held: bool = True  # counted among the tenant's requests in flight
 
     def release(self) -> None:
-        self.limiter.leave(self.tenant)
+        if self.held:
+            self.limiter.leave(self.tenant)
 
 
 def _policy_headers(buckets: list[Bucket], levels: list[tuple[int, float]]) -> dict[str, str]:
@@ -121,29 +123,32 @@ class Limiter:
         if not self.in_flight[tenant]:
             del self.in_flight[tenant]
 
-    async def admit(self, tenant: Tenant, inputs: int, route: str) -> Admission:
+    async def admit(self, tenant: Tenant, inputs: int, route: str, background: bool = False) -> Admission:
+        """Let a request in or refuse it (429 saying which limit, 413 for more inputs than the tenant may send at
+        once). A batch job's line (`background`) meets the per-request input limit and the daily token quota only:
+        its rate and concurrency are the job runner's (gateway/jobs/), and it must not take them from the tenant's
+        requests."""
         spec = tenant.spec
+        inputs_burst = spec.inputs_burst or max(1, math.ceil(spec.inputs_per_second or 0))
+        if spec.inputs_per_second and inputs > inputs_burst:
+            raise ApiError(413, "request_too_large", f"the request has {inputs} inputs; this tenant may send at "
+                                                     f"most {inputs_burst} at once: split the request")
+        if background:
+            await self._check_quota(tenant, route)
+            return Admission(self, tenant.name, {}, held=False)
         buckets = []
         if spec.requests_per_second:
             buckets.append(Bucket("requests", spec.requests_per_second,
                                   spec.burst or max(1, math.ceil(spec.requests_per_second)), 1))
         if spec.inputs_per_second and inputs:
-            burst = spec.inputs_burst or max(1, math.ceil(spec.inputs_per_second))
-            if inputs > burst:
-                raise ApiError(413, "request_too_large", f"the request has {inputs} inputs; this tenant may send at "
-                                                         f"most {burst} at once: split the request")
-            buckets.append(Bucket("inputs", spec.inputs_per_second, burst, inputs))
+            buckets.append(Bucket("inputs", spec.inputs_per_second, inputs_burst, inputs))
         held = self.in_flight.get(tenant.name, 0)
         if spec.max_concurrency and held >= spec.max_concurrency:
             raise self._refused(tenant, route, "concurrency", 1, {},
                                 f"tenant {tenant.name!r} has {held} requests in flight, its limit")
         self.in_flight[tenant.name] = held + 1  # held while the checks below wait on Redis
         try:
-            if spec.daily_tokens:
-                used = await self.tokens_today(tenant.name)
-                if used >= spec.daily_tokens:
-                    raise self._refused(tenant, route, "daily_tokens", _seconds_to_midnight(), {},
-                                        f"tenant {tenant.name!r} used its {spec.daily_tokens} tokens for today (UTC)")
+            await self._check_quota(tenant, route)
             headers = {}
             if buckets:
                 allowed, levels = await self._take(tenant.name, buckets)
@@ -157,6 +162,12 @@ class Limiter:
             self.leave(tenant.name)
             raise
         return Admission(self, tenant.name, headers)
+
+    async def _check_quota(self, tenant: Tenant, route: str) -> None:
+        daily = tenant.spec.daily_tokens
+        if daily and await self.tokens_today(tenant.name) >= daily:
+            raise self._refused(tenant, route, "daily_tokens", _seconds_to_midnight(), {},
+                                f"tenant {tenant.name!r} used its {daily} tokens for today (UTC)")
 
     @staticmethod
     def _refused(tenant: Tenant, route: str, limit: str, retry_after: float, headers: dict[str, str],

@@ -22,10 +22,13 @@ from gateway.metrics import TENANT_REFUSALS, UPSTREAM_CALLS
 from gateway.tenants.identity import current_tenant
 from gateway.upstream.breaker import BreakerMonitor
 from gateway.upstream.channel import channel_options, grpc_target
+from torchgate.priority import BACKGROUND, PRIORITY_KEY, background_work
 from torchgate.telemetry import REQUEST_ID_HEADER, request_id
 from torchgate.v1 import common_pb2
 
 log = logging.getLogger(__name__)
+
+_BACKGROUND_METADATA = ((PRIORITY_KEY, BACKGROUND),)
 
 # Failures that say the upstream is unhealthy; client errors and overload do not trip the breaker.
 BREAKER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -209,8 +212,10 @@ class Upstream:
         try:
             with self.breaker.calling():
                 try:
-                    reply = await getattr(self.stub, method)(
-                        request, timeout=timeout, metadata=tuple((REQUEST_ID_HEADER, rid) for rid in request_ids))
+                    metadata = tuple((REQUEST_ID_HEADER, rid) for rid in request_ids)
+                    if background_work.get():
+                        metadata += _BACKGROUND_METADATA
+                    reply = await getattr(self.stub, method)(request, timeout=timeout, metadata=metadata)
                 except grpc.aio.AioRpcError as error:
                     if self.is_upstream_fault(error, timeout):
                         raise

@@ -70,9 +70,9 @@ def chunk(document: DoclingDocument, source: str | None, tokenizer_json: str, ma
     tokenizer = Tokenizer.from_str(tokenizer_json)
     tokenizer.no_truncation()
     tokenizer.no_padding()
-    counter = ServedTokenizer(tokenizer=tokenizer, max_tokens=max_tokens)
     budget = max_tokens - tokenizer.num_special_tokens_to_add(False)
-    chunker = HybridChunker(tokenizer=ServedTokenizer(tokenizer=tokenizer, max_tokens=budget - overlap))
+    counter = ServedTokenizer(tokenizer=tokenizer, max_tokens=budget - overlap)
+    chunker = HybridChunker(tokenizer=counter)
     chunks = list(chunker.chunk(document))
     if source is None:
         pieces = [Piece(text, 0, len(text), list(item.meta.headings or []), _pages(item))

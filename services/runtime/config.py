@@ -108,6 +108,9 @@ class ModelWorkerSettings(WorkerSettings):
     max_queue_items: int = Field(
         4096, ge=1, description="Inputs waiting in the queue before new requests get RESOURCE_EXHAUSTED."
     )
+    background_batch_size: int = Field(
+        4, ge=1, description="Most inputs in a batch of background work (batch jobs) while interactive requests "
+                             "arrive; an idle worker gives background work full batches.")
     max_items_per_request: int = Field(256, ge=1, description="Most inputs in one request.")
     gpu_address: str = Field("", description="On CUDA, the GPU worker (host:port) this worker reserves its share of "
                                              "the device from before serving; empty: no reservation.")

@@ -18,6 +18,7 @@ from services.runtime.gpu_share import GpuShare, share_mb
 from services.runtime.metrics import BatcherMetrics
 from services.runtime.tracing import record_batching
 from torchgate import __version__
+from torchgate.priority import BACKGROUND, PRIORITY_KEY
 from torchgate.v1 import common_pb2
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class ModelServicer(WorkerServicer):
     def batching_config(self) -> BatchingConfig:
         s = self.settings
         return BatchingConfig(s.max_batch_size, s.max_batch_tokens, s.max_wait_ms, s.max_queue_items,
-                              self.streams)
+                              self.streams, s.background_batch_size)
 
     def ready_model(self) -> ModelDescription:
         """The loaded model, or UNAVAILABLE while it is still loading."""
@@ -88,11 +89,13 @@ class ModelServicer(WorkerServicer):
         return self.model
 
     async def run_batched(self, items: list[Any], context: grpc.aio.ServicerContext) -> BatchOutcome:
-        """Send items through the batcher, honouring the caller's deadline; traces the queue and the batches."""
+        """Send items through the batcher, honouring the caller's deadline and priority; traces the queue and the
+        batches."""
         model = self.ready_model()
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
-        outcome = await self.batcher.submit(items, deadline)
+        background = (PRIORITY_KEY, BACKGROUND) in (context.invocation_metadata() or ())
+        outcome = await self.batcher.submit(items, deadline, background)
         record_batching(outcome, model)
         return outcome
 

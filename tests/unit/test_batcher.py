@@ -386,3 +386,56 @@ async def test_a_free_stream_waits_for_the_callers_it_just_answered_to_come_back
     # Its share of 4 running + 4 queued + 4 answered is 6: it waited for two callers to come back.
     assert sorted(adapter.preprocessed[3]) == sorted([*queued, *back])
     await batcher.close(1)
+
+
+async def test_interactive_requests_go_before_queued_background_work_and_never_share_its_batches():
+    adapter = FakeAdapter()
+    batcher = await started(adapter, max_batch_size=8)
+    adapter.gate.clear()
+    blocker = asyncio.create_task(batcher.submit(["occupies the device"]))
+    await asyncio.sleep(0.05)
+    background = [asyncio.create_task(batcher.submit([f"background {i}"], background=True)) for i in range(6)]
+    await asyncio.sleep(0.01)
+    interactive = asyncio.create_task(batcher.submit(["interactive"]))
+    await asyncio.sleep(0.01)
+    adapter.gate.set()
+    await asyncio.gather(blocker, interactive, *background)
+    assert adapter.forwarded[1] == ["interactive"]
+    assert all(not any(text.startswith("background") for text in batch) or "interactive" not in batch
+               for batch in adapter.forwarded)
+    await batcher.close(1)
+
+
+async def test_background_batches_stay_small_while_interactive_requests_arrive_and_fill_up_when_idle():
+    adapter = FakeAdapter()
+    batcher = await started(adapter, max_batch_size=16, background_batch_size=2)
+    adapter.gate.clear()
+    blocker = asyncio.create_task(batcher.submit(["interactive, occupying the device"]))
+    await asyncio.sleep(0.05)
+    first = asyncio.create_task(batcher.submit([f"a {i}" for i in range(8)], background=True))
+    await asyncio.sleep(0.01)
+    adapter.gate.set()
+    await asyncio.gather(blocker, first)
+    assert [len(batch) for batch in adapter.forwarded[1:]] == [2, 2, 2, 2]
+    await asyncio.sleep(0.6)  # no interactive request for longer than the yield window
+    adapter.forwarded.clear()
+    await batcher.submit([f"b {i}" for i in range(8)], background=True)
+    assert [len(batch) for batch in adapter.forwarded] == [8]
+    await batcher.close(1)
+
+
+async def test_background_work_fills_at_most_half_the_queue():
+    adapter = FakeAdapter()
+    batcher = await started(adapter, max_batch_size=1, max_queue_items=8)
+    adapter.gate.clear()
+    blocker = asyncio.create_task(batcher.submit(["occupies the device"]))
+    await asyncio.sleep(0.05)
+    held = asyncio.create_task(batcher.submit([f"b{i}" for i in range(4)], background=True))
+    await asyncio.sleep(0.01)
+    with pytest.raises(Overloaded, match="background work holds half"):
+        await batcher.submit(["one more"], background=True)
+    interactive = asyncio.create_task(batcher.submit(["i1", "i2", "i3", "i4"]))
+    await asyncio.sleep(0.01)
+    adapter.gate.set()
+    await asyncio.gather(blocker, held, interactive)
+    await batcher.close(1)

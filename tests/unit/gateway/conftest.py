@@ -1,6 +1,7 @@
 """A real worker runtime and servicer over the fake adapter, and the gateway app in front of it."""
 
 import asyncio
+import tempfile
 from contextlib import asynccontextmanager
 
 import httpx
@@ -59,7 +60,8 @@ async def gateway_client(addresses: str, api_keys: str = "", max_body_bytes: int
                          reranking: str | None = None, classifier: str | None = None, gpu: str | None = None,
                          documents: str | None = None,
                          cache: bool = True, cache_url: str = "", cache_bytes: int = 64 * 1024 * 1024,
-                         tenants_file: str = "", routes_file: str = "", redis_timeout_s: float = 0.25, **upstream):
+                         tenants_file: str = "", routes_file: str = "", redis_timeout_s: float = 0.25,
+                         jobs: dict | None = None, **upstream):
     settings = GatewaySettings(embedding=EmbeddingUpstream(addresses=addresses, **upstream),
                                reranking=RerankingUpstream(addresses=reranking or unused_address()),
                                classifier=ClassifierUpstream(addresses=classifier or unused_address()),
@@ -67,7 +69,8 @@ async def gateway_client(addresses: str, api_keys: str = "", max_body_bytes: int
                                documents=DocumentsUpstream(addresses=documents or unused_address()),
                                api_keys=api_keys, max_body_bytes=max_body_bytes, cache=cache, cache_url=cache_url,
                                cache_bytes=cache_bytes, tenants_file=tenants_file, routes_file=routes_file,
-                               redis_timeout_s=redis_timeout_s)
+                               redis_timeout_s=redis_timeout_s,
+                               **{"jobs_dir": tempfile.mkdtemp(prefix="torchgate-jobs-"), **(jobs or {})})
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         await limits_learned(app)
