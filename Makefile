@@ -9,7 +9,7 @@ DOCUMENTS_VENV := .venv-documents
 PROTOS := $(wildcard protos/torchgate/v1/*.proto)
 K8S_MANIFESTS := $(shell find ops/docker/k8s -name '*.yaml')
 
-.PHONY: install protos check-protos run start stop health images test test-gateway-isolated test-documents-isolated redis-server lint docs chromium bench bench-gateway fuzz mutate clean
+.PHONY: install protos check-protos run start stop health images test test-gateway-isolated test-documents-isolated redis-server postgresql lint docs chromium bench bench-gateway fuzz mutate clean
 
 install: $(INSTALLED)
 
@@ -56,13 +56,17 @@ lint: $(INSTALLED)
 	docker-compose -f ops/docker/docker-compose.yml -f ops/docker/docker-compose.two-models.yml config -q
 	docker-compose -f ops/docker/docker-compose.yml -f ops/docker/docker-compose.gpu.yml config -q
 
-# The response cache's and rate limits' tests start Debian's redis-server, as an operator would; the docs site's
-# test opens the built site in Debian's headless Chromium.
-test: $(INSTALLED) lint docs redis-server chromium test-gateway-isolated test-documents-isolated
+# The response cache's and rate limits' tests start Debian's redis-server, and the batch jobs' tests Debian's
+# PostgreSQL, as an operator would; the docs site's test opens the built site in Debian's headless Chromium.
+test: $(INSTALLED) lint docs redis-server postgresql chromium test-gateway-isolated test-documents-isolated
 	$(BIN)/python -m pytest
 
 redis-server:
 	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null)
+
+postgresql:
+	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || command -v postgres >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq postgresql >/dev/null)
 
 chromium:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)

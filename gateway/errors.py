@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from gateway.responses import JSONResponse
 
@@ -197,6 +198,15 @@ def invalid_body(errors: list[dict]) -> ApiError:
     return ApiError(422, "invalid_request_error", problems)
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the path takes (Starlette's 405 names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if route.matches(request.scope)[0] != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
+
+
 def as_api_error(request: Request, error: Exception) -> ApiError:
     """Any exception as the error the client may see; never a stack trace."""
     if isinstance(error, ApiError):
@@ -204,7 +214,10 @@ def as_api_error(request: Request, error: Exception) -> ApiError:
     if isinstance(error, RequestValidationError):
         return invalid_body(error.errors())
     if isinstance(error, HTTPException):
-        return ApiError(error.status_code, "http_error", str(error.detail), headers=error.headers)
+        headers = dict(error.headers or {})
+        if error.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return ApiError(error.status_code, "http_error", str(error.detail), headers=headers)
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
     return ApiError(500, "internal_error", "internal error")
 

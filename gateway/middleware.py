@@ -193,7 +193,7 @@ class EdgeMiddleware:
     def _accepts_form(self, scope) -> bool:
         """Whether the path's POST route takes a form (another method on it is then a 405, not a 415)."""
         json_route = self.json_routes.get(scope["path"])
-        return json_route is not None and json_route.accepts_form
+        return scope["path"] in self.upload_paths or (json_route is not None and json_route.accepts_form)
 
     async def _read_body(self, scope, receive) -> bytes | ApiError | None:
         """The whole body, or 413 as soon as it passes the cap, or None when the client left."""

@@ -6,8 +6,6 @@ import json
 
 import numpy as np
 
-from gateway.jobs.database import SqliteDatabase
-from gateway.jobs.store import JobStore, LineResult
 from tests.unit.gateway.conftest import gateway_client, unused_address
 
 
@@ -147,35 +145,6 @@ async def test_a_tenants_later_batches_wait_their_turn_and_a_waiting_batch_cance
     assert done["status"] == "completed" and done["request_counts"]["completed"] == 6
     assert cancelled["status"] == "cancelled" and cancelled["request_counts"]["completed"] == 0
     assert cancelled["output_file_id"] is None and cancelled["cancelled_at"] >= cancelled["cancelling_at"]
-
-
-async def test_a_claim_whose_lease_ended_writes_nothing_and_its_lines_are_answered_once(tmp_path):
-    store = JobStore(SqliteDatabase(tmp_path / "jobs.sqlite3"))
-    await store.open()
-
-    async def lines():
-        yield [(i + 1, f"id-{i}", json.dumps(embedding_line(f"id-{i}", ["x"]))) for i in range(5)]
-
-    file = await store.add_file("t", "batch", "f.jsonl", 10, {"/v1/embeddings"}, lines())
-    batch = await store.create_batch("t", file.id, "/v1/embeddings", "24h", None)
-    assert await store.start_waiting(1) == 1
-    stale = await store.claim(3, lease_s=0.05)
-    await asyncio.sleep(0.1)
-    fresh = await store.claim(5, lease_s=30)
-    assert [line.line_no for line in stale.lines] == [1, 2, 3]
-    assert [line.line_no for line in fresh.lines] == [1, 2, 3, 4, 5]
-    answers = [LineResult(line.line_no, True, f'{{"n":{line.line_no}}}') for line in fresh.lines]
-    assert await store.commit(stale, answers[:3]) is False
-    assert await store.commit(fresh, answers) is True
-    assert await store.claim(5, lease_s=30) is None
-    assert await store.finish_due(lambda *_: "") == [batch.id]
-    finished_batch = await store.batch("t", batch.id)
-    output = await store.file("t", finished_batch.output_file_id)
-    content = [line async for line in store.content(output)]
-    await store.close()
-    assert finished_batch.completed == 5 and finished_batch.failed == 0
-    assert content == [f'{{"n":{n}}}' for n in range(1, 6)]
-    assert output.bytes == sum(len(line) + 1 for line in content)
 
 
 async def test_a_line_a_dead_upstream_cannot_answer_is_put_back_not_failed():
