@@ -9,11 +9,16 @@ The HTTP routes are gateway/routes/jobs.py; docs/batches.md says how it is used 
 """
 
 import asyncio
+import logging
 from pathlib import Path
 
+from gateway.errors import ApiError
 from gateway.jobs.database import SqliteDatabase, database_for
 from gateway.jobs.runner import JobRunner
 from gateway.jobs.store import JobStore
+
+log = logging.getLogger(__name__)
+STORE_RETRY_S = 5
 
 
 class Jobs:
@@ -28,14 +33,25 @@ class Jobs:
         self._open = False
 
     async def start(self) -> None:
+        """Open the store that exists; one that cannot be opened now (PostgreSQL down) is tried again on first use,
+        and the gateway serves everything else meanwhile."""
         if not isinstance(self.database, SqliteDatabase) or self.database.path.exists():
-            await self.ready()
+            try:
+                await self.ready()
+            except ApiError as error:
+                log.warning("batch jobs wait for their store: %s", error.message)
 
     async def ready(self) -> JobStore:
-        """The store, opened (and the runner started) on first use."""
+        """The store, opened (and the runner started) on first use; 503 while it cannot be opened."""
         async with self._opening:
             if not self._open:
-                await self.store.open()
+                try:
+                    await self.store.open()
+                except Exception as error:  # any reason it cannot open: a bad URL, refused, no such database
+                    await self.store.close()
+                    log.warning("the batch job store did not open", exc_info=error)
+                    raise ApiError(503, "jobs_unavailable", "the batch job store is unavailable; retry shortly",
+                                   None, STORE_RETRY_S) from None
                 self.runner.start()
                 self._open = True
         return self.store

@@ -95,7 +95,8 @@ class _SqliteTransaction(Transaction):
             return cursor.rowcount
 
     async def executemany(self, sql: str, rows: list[Sequence]) -> None:
-        await self.connection.executemany(self.database.sql(sql), rows)
+        if rows:
+            await self.connection.executemany(self.database.sql(sql), rows)
 
 
 class SqliteDatabase(Database):
@@ -155,7 +156,8 @@ class _PostgresTransaction(Transaction):
         return int(status.rsplit(" ", 1)[-1]) if status[-1:].isdigit() else 0
 
     async def executemany(self, sql: str, rows: list[Sequence]) -> None:
-        await self.connection.executemany(self.database.sql(sql), rows)
+        if rows:
+            await self.connection.executemany(self.database.sql(sql), rows)
 
 
 class PostgresDatabase(Database):
@@ -178,10 +180,12 @@ class PostgresDatabase(Database):
 
         self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.POOL_SIZE)
         async with self._pool.acquire() as connection:
-            # One creator at a time when several gateways start together.
+            # Created once, by one gateway at a time: DDL on tables in use would wait on (and deadlock with) the
+            # other gateways' claims.
             async with connection.transaction():
                 await connection.execute("SELECT pg_advisory_xact_lock(7140)")
-                await connection.execute(SCHEMA)
+                if await connection.fetchval("SELECT to_regclass('batch_lines')") is None:
+                    await connection.execute(SCHEMA)
 
     async def close(self) -> None:
         if self._pool is not None:

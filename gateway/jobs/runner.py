@@ -30,6 +30,8 @@ RETRIED_STATUSES = frozenset({429, 503, 504})
 MAX_BACKOFF_S = 60.0
 # How often an idle runner looks for work another process queued, and refreshes the backlog gauges.
 POLL_S = 0.5
+# An interactive call this recent makes the runner yield (as the workers' batcher does).
+YIELD_S = 1.0
 METRICS_S = 5.0
 _REQUEST = {"type": "http.request", "body": b"", "more_body": False}
 
@@ -61,12 +63,16 @@ class JobRunner:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._metrics_at = 0.0
+        # Batches may have changed state (created, cancelled, fully answered): look before the next claim.
+        self._states_changed = True
+        self._states_at = 0.0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
     def wake(self) -> None:
-        """New work may be claimable now (a batch created or cancelled in this process)."""
+        """A batch was created, cancelled or fully answered in this process: start, finish and claim now."""
+        self._states_changed = True
         self._wakeup.set()
 
     async def close(self) -> None:
@@ -94,12 +100,16 @@ class JobRunner:
                 await asyncio.wait_for(self._wakeup.wait(), POLL_S)
 
     async def _step(self) -> None:
+        """Start and finish the batches that are due (when something changed here, else once a poll), then
+        claim slices up to JOBS_SLICES."""
         store = self.store
-        await store.start_waiting(self.settings.jobs_batches_per_tenant)
-        for batch_id in await store.finish_due(expired_line):
-            log.info("batch finished", extra={"batch": batch_id})
-        while len(self._slices) < self.settings.jobs_slices:
-            claimed = await store.claim(self.settings.jobs_slice_lines, self.settings.jobs_lease_s)
+        if self._states_changed or time.monotonic() - self._states_at >= POLL_S:
+            self._states_changed, self._states_at = False, time.monotonic()
+            await store.start_waiting(self.settings.jobs_batches_per_tenant)
+            for batch_id in await store.finish_due(expired_line):
+                log.info("batch finished", extra={"batch": batch_id})
+        while (size := self._room()) > 0:
+            claimed = await store.claim(size, self.settings.jobs_lease_s)
             if claimed is None:
                 break
             task = asyncio.create_task(self._run_slice(claimed))
@@ -112,6 +122,15 @@ class JobRunner:
                 JOB_BATCHES.labels(status).set(count)
             JOB_QUEUED_LINES.set(backlog.queued_lines)
             JOB_OLDEST_QUEUED.set(backlog.oldest_queued_s)
+
+    def _room(self) -> int:
+        """The size of the next slice to claim, 0 for none: JOBS_SLICES slices of JOBS_SLICE_LINES while the
+        upstreams are idle, one of JOBS_YIELD_LINES while interactive requests arrive (lines in flight queue
+        in the workers and their answers take the event loops, which interactive requests wait for)."""
+        now = time.monotonic()
+        if any(now - upstream.interactive_at < YIELD_S for upstream in self.app.state.upstreams.values()):
+            return self.settings.jobs_yield_lines if not self._slices else 0
+        return self.settings.jobs_slice_lines if len(self._slices) < self.settings.jobs_slices else 0
 
     def _slice_done(self, task: asyncio.Task) -> None:
         self._slices.pop(task, None)

@@ -304,21 +304,21 @@ class JobStore:
         """Write the slice's answers and the batch's counts in one transaction, over the lines its token still
         holds; lines to retry are released until their retry time. Whether the batch is now fully answered."""
         async with self.database.transaction() as transaction:
-            completed = failed = 0
-            for result in results:
-                if result.retry_at is not None:
-                    await transaction.execute(
-                        "UPDATE batch_lines SET claim = NULL, not_before = ? WHERE batch_id = ? AND line_no = ? "
-                        "AND claim = ? AND done = 0", result.retry_at, claimed.batch_id, result.line_no,
-                        claimed.token)
-                    continue
-                written = await transaction.execute(
-                    "UPDATE batch_lines SET done = 1, ok = ?, output = ?, out_bytes = ?, claim = NULL "
-                    "WHERE batch_id = ? AND line_no = ? AND claim = ? AND done = 0",
-                    int(result.ok), result.output, len(result.output.encode()) + 1, claimed.batch_id,
-                    result.line_no, claimed.token)
-                completed += written if result.ok else 0
-                failed += 0 if result.ok else written
+            held = {line_no for (line_no,) in await transaction.fetch(
+                "SELECT line_no FROM batch_lines WHERE batch_id = ? AND claim = ? AND done = 0 {row_lock}",
+                claimed.batch_id, claimed.token)}
+            answers = [result for result in results if result.line_no in held and result.retry_at is None]
+            retries = [result for result in results if result.line_no in held and result.retry_at is not None]
+            await transaction.executemany(
+                "UPDATE batch_lines SET done = 1, ok = ?, output = ?, out_bytes = ?, claim = NULL "
+                "WHERE batch_id = ? AND line_no = ?",
+                [(int(result.ok), result.output, len(result.output.encode()) + 1, claimed.batch_id, result.line_no)
+                 for result in answers])
+            await transaction.executemany(
+                "UPDATE batch_lines SET claim = NULL, not_before = ? WHERE batch_id = ? AND line_no = ?",
+                [(result.retry_at, claimed.batch_id, result.line_no) for result in retries])
+            completed = sum(result.ok for result in answers)
+            failed = len(answers) - completed
             row = await transaction.fetchone(
                 "UPDATE batches SET completed = completed + ?, failed = failed + ? WHERE id = ? "
                 "RETURNING completed + failed >= total AND status = ?", completed, failed, claimed.batch_id,

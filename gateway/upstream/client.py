@@ -74,6 +74,7 @@ class Upstream:
             listeners=[self.monitor], throw_new_error_on_trip=False, name=name,
         )
         self.in_flight = 0
+        self.interactive_at = -1e9  # monotonic: the last call that was not background work (a batch job's)
         self._by_tenant: dict[str | None, int] = {}
         self._trial_in_flight = False
         self._merger = CallMerger(self._send, settings.merge_requests)
@@ -176,6 +177,8 @@ class Upstream:
                            self.name, 1, shared=True)
         tenant = current_tenant.get()
         self._check_share(tenant)
+        if not background_work.get():
+            self.interactive_at = time.monotonic()
         self.in_flight += 1
         self._by_tenant[tenant] = self._by_tenant.get(tenant, 0) + 1
         timeout = timeout or self.settings.timeout_s

@@ -439,3 +439,19 @@ async def test_background_work_fills_at_most_half_the_queue():
     adapter.gate.set()
     await asyncio.gather(blocker, held, interactive)
     await batcher.close(1)
+
+
+async def test_with_two_streams_background_work_leaves_one_free_while_interactive_requests_arrive():
+    adapter = FakeAdapter()
+    batcher = await started(adapter, max_batch_size=8, background_batch_size=1, streams=2)
+    await batcher.submit(["interactive, a moment ago"])
+    adapter.gate.clear()
+    background = [asyncio.create_task(batcher.submit([f"b{i}"], background=True)) for i in range(4)]
+    await asyncio.sleep(0.1)
+    assert [batch for batch in adapter.preprocessed[1:]] == [["b0"]]  # one stream stays free
+    interactive = asyncio.create_task(batcher.submit(["interactive"]))
+    await asyncio.sleep(0.1)
+    assert adapter.preprocessed[-1] == ["interactive"]
+    adapter.gate.set()
+    await asyncio.gather(interactive, *background)
+    await batcher.close(1)

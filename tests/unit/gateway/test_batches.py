@@ -155,3 +155,13 @@ async def test_a_line_a_dead_upstream_cannot_answer_is_put_back_not_failed():
         await asyncio.sleep(1.0)
         running = (await client.get(f"/v1/batches/{batch['id']}")).json()
     assert running["status"] == "in_progress" and running["request_counts"]["failed"] == 0
+
+
+async def test_a_store_that_cannot_be_reached_is_a_503_and_everything_else_is_served(fake_embedding_worker):
+    jobs = {"jobs_url": f"postgresql://nobody@{unused_address()}/jobs"}
+    async with gateway_client(f"127.0.0.1:{fake_embedding_worker.port}", jobs=jobs) as client:
+        listed = await client.get("/v1/batches")
+        embedded = await client.post("/v1/embeddings", json={"input": "still served"})
+    assert listed.status_code == 503 and listed.headers["Retry-After"] == "5"
+    assert "batch job store is unavailable" in listed.json()["error"]["message"]
+    assert embedded.status_code == 200
