@@ -12,7 +12,8 @@ load again on a mesh that exports every span to an OTLP/gRPC receiver in this pr
 containers, where `make images` has built them: embed C=32 x 1 through the containerized mesh
 (`scripts/start.sh --compose`) between two runs of the same load on the local mesh. Then the edge
 (bench/edge.py): the response cache's gain and costs, and the tenants' cost; chunk + embed of a 200-page Markdown
-corpus against the same chunker and encode in one process (bench/documents.py); last, the charts (bench/charts.py)
+corpus against the same chunker and encode in one process (bench/documents.py); a batch job against the same texts
+sent interactively, and interactive latency while a batch runs (bench/batches.py); last, the charts (bench/charts.py)
 next to the report and into docs/charts/. The serving loads send
 `Cache-Control: no-cache`: they repeat one corpus, which the cache would otherwise answer.
 """
@@ -30,7 +31,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench import documents
+from bench import batches, documents
 from bench.corpus import build_corpus
 from bench.scenarios import SCENARIOS
 from services.runtime.precision import cpu_bf16_flags
@@ -213,6 +214,7 @@ def main() -> None:
                     "rest": rest_load(mesh, scenario, concurrency, per_call, args.seconds, args.warmup)}))
         markdown = documents.corpus()
         documents_served = documents.served(f"http://127.0.0.1:{mesh.ports['gateway']}", markdown)
+        batches_report = batches.measure(f"http://127.0.0.1:{mesh.ports['gateway']}")
         rss = mesh.rss()
     documents_report = documents.report(documents_served, documents.in_process(markdown), len(markdown.split()))
     ceilings = {}
@@ -239,9 +241,11 @@ def main() -> None:
     edge = measure(args.seconds) if "embed" in names else {}
     report = {"machine": machine, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "seconds_per_load": args.seconds, "worker_dtypes": dtypes, "rows": rows, "rss_mb": rss,
-              "tracing": tracing, "containers": containers, "edge": edge, "documents": documents_report}
+              "tracing": tracing, "containers": containers, "edge": edge, "documents": documents_report,
+              "batches": batches_report}
     print_table(report)
     documents.print_report(documents_report)
+    batches.print_report(batches_report)
     if edge:
         print_edge(edge)
     out = ROOT / "bench/results" / f"{time.strftime('%Y%m%d-%H%M%S')}-{platform.node() or 'host'}.json"

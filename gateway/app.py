@@ -1,5 +1,6 @@
 """The gateway application factory."""
 
+import gc
 import ipaddress
 import logging
 import os
@@ -147,6 +148,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                                             settings.cache_ttl_s)
         reloader.start()
         await app.state.jobs.start()
+        # What start-up built lives as long as the process: out of the collector's sight, a full collection
+        # walks only what requests made (batch jobs made its pauses of ~100 ms the interactive p99).
+        gc.freeze()
         log.info("gateway ready", extra={"upstreams": {name: client.settings.addresses
                                                        for name, client in app.state.upstreams.items()}})
         yield
