@@ -81,13 +81,13 @@ class JobRunner:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for task in self._slices:
+        held = list(self._slices.items())
+        for task, _ in held:
             task.cancel()
-        await asyncio.gather(*self._slices, return_exceptions=True)
-        for claimed in list(self._slices.values()):
+        await asyncio.gather(*(task for task, _ in held), return_exceptions=True)
+        for _, claimed in held:
             with contextlib.suppress(Exception):
                 await self.store.release(claimed.token)
-        self._slices.clear()
 
     async def _run(self) -> None:
         while True:

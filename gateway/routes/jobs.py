@@ -2,6 +2,7 @@
 call. Every file and batch belongs to the tenant that created it; another tenant's ids are unknown (404)."""
 
 import asyncio
+import re
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -18,6 +19,8 @@ FILES_PATH = "/v1/files"
 MAX_LIST = 10_000
 # The upload's small form fields (purpose); the file itself spools to disk past a megabyte.
 MAX_FIELD_BYTES = 64 * 1024
+UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]")
+MAX_FILENAME_CHARS = 128
 
 
 async def admitted(request: Request):
@@ -80,11 +83,16 @@ async def upload_file(request: Request):
         limits = files.FileLimits(settings.jobs_max_file_bytes, settings.jobs_max_lines, settings.max_body_bytes)
         checked = await asyncio.to_thread(files.check, upload.file, upload.size or 0, routes, limits)
         store = await _store(request)
-        stored = await store.add_file(_tenant(request), purpose, upload.filename or "batch.jsonl", upload.size or 0,
+        stored = await store.add_file(_tenant(request), purpose, _safe_filename(upload.filename), upload.size or 0,
                                       checked.endpoints, files.pages(upload.file))
     finally:
         await form.close()
     return JSONResponse(stored.as_openai())
+
+
+def _safe_filename(name: str | None) -> str:
+    """The client's file name as it is kept and sent back (a Content-Disposition header): plain characters."""
+    return UNSAFE_FILENAME.sub("_", name or "")[:MAX_FILENAME_CHARS] or "batch.jsonl"
 
 
 @router.get(FILES_PATH, response_class=JSONResponse)

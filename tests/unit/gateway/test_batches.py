@@ -3,6 +3,7 @@ line by line by the same routes as interactive requests, exactly once, with Open
 
 import asyncio
 import json
+import re
 
 import numpy as np
 
@@ -17,8 +18,8 @@ def embedding_line(custom_id: str, texts, url: str = "/v1/embeddings") -> dict:
     return {"custom_id": custom_id, "method": "POST", "url": url, "body": {"input": texts}}
 
 
-async def upload(client, content: bytes, purpose: str = "batch"):
-    return await client.post("/v1/files", files={"file": ("batch.jsonl", content)}, data={"purpose": purpose})
+async def upload(client, content: bytes, purpose: str = "batch", filename: str = "batch.jsonl"):
+    return await client.post("/v1/files", files={"file": (filename, content)}, data={"purpose": purpose})
 
 
 async def finished(client, batch_id: str, timeout: float = 20) -> dict:
@@ -165,3 +166,26 @@ async def test_a_store_that_cannot_be_reached_is_a_503_and_everything_else_is_se
     assert listed.status_code == 503 and listed.headers["Retry-After"] == "5"
     assert "batch job store is unavailable" in listed.json()["error"]["message"]
     assert embedded.status_code == 200
+
+
+async def test_a_file_name_is_kept_plain_so_it_cannot_break_the_download_header(fake_embedding_worker):
+    async with gateway_client(f"127.0.0.1:{fake_embedding_worker.port}") as client:
+        file = (await upload(client, jsonl([embedding_line("a", ["x"])]), filename='bätch "v2";.jsonl')).json()
+        content = await client.get(f"/v1/files/{file['id']}/content")
+    assert re.fullmatch(r"b_tch_[A-Za-z0-9_]*v2[A-Za-z0-9_]*\.jsonl", file["filename"]), file["filename"]
+    assert content.headers["content-disposition"] == f'attachment; filename="{file["filename"]}"'
+
+
+async def test_a_stopped_runner_gives_its_claimed_lines_back(fake_embedding_worker):
+    worker = fake_embedding_worker.servicer.adapter
+    async with gateway_client(f"127.0.0.1:{fake_embedding_worker.port}", jobs={"jobs_slice_lines": 2}) as client:
+        file = (await upload(client, jsonl([embedding_line(f"{i}", [f"t{i}"]) for i in range(4)]))).json()
+        worker.gate.clear()
+        batch = (await client.post("/v1/batches", json={"input_file_id": file["id"], "endpoint": "/v1/embeddings",
+                                                        "completion_window": "24h"})).json()
+        await asyncio.sleep(0.3)
+        store = client.app.state.jobs.store
+        await client.app.state.jobs.runner.close()
+        worker.gate.set()
+        reclaimed = await store.claim(10, lease_s=30)
+    assert reclaimed.batch_id == batch["id"] and [line.line_no for line in reclaimed.lines] == [1, 2, 3, 4]
