@@ -103,6 +103,9 @@ def test_the_openai_sdk_runs_a_batch_through_two_kill_9s_of_its_gateway(worker_p
         assert batch.status == "validating" and batch.request_counts.total == LINES
         listed = sdk.batches.list(limit=5)
         assert batch.id in [item.id for item in listed.data]
+        cancelled = sdk.batches.cancel(sdk.batches.create(input_file_id=uploaded.id, endpoint="/v1/embeddings",
+                                                          completion_window="24h").id)
+        assert cancelled.status == "cancelling"
         for share in (0.3, 0.7):
             assert wait_for(sdk, batch.id, int(LINES * share)) == "in_progress", "the batch ended before the kill"
             gateway.signal(signal.SIGKILL)
@@ -111,6 +114,7 @@ def test_the_openai_sdk_runs_a_batch_through_two_kill_9s_of_its_gateway(worker_p
             sdk = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
         assert wait_for(sdk, batch.id) == "completed"
         assert_exactly_once_and_right(sdk, url, batch.id)
+        assert wait_for(sdk, cancelled.id) == "cancelled"
     finally:
         gateway.stop()
 

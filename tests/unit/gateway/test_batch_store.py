@@ -102,3 +102,18 @@ async def test_a_line_put_back_is_claimed_again_only_after_its_retry_time(stores
     await asyncio.sleep(0.35)
     again = await store.claim(1, lease_s=30)
     assert again.lines[0].attempts == 2
+
+
+async def test_a_batch_past_its_window_expires_with_an_error_line_for_each_open_line(stores, request):
+    store, _ = stores
+    tenant = request.node.name
+    batch_id = await running_batch(store, 3, tenant)
+    claimed = await store.claim(1, lease_s=30)
+    await store.commit(claimed, [LineResult(1, True, '{"n":1}')])
+    async with store.database.transaction() as transaction:
+        await transaction.execute("UPDATE batches SET expires_at = ? WHERE id = ?", int(time.time()) - 1, batch_id)
+    assert batch_id in await store.finish_due(lambda batch, custom_id, line_no: f"{batch}:{custom_id}:{line_no}")
+    expired = await store.batch(tenant, batch_id)
+    errors = [line async for line in store.content(await store.file(tenant, expired.error_file_id))]
+    assert (expired.status, expired.completed, expired.failed) == ("expired", 1, 2)
+    assert expired.expired_at is not None and errors == [f"{batch_id}:id-1:2", f"{batch_id}:id-2:3"]
