@@ -187,9 +187,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     for router in (*API_ROUTERS, torchserve.router, open_inference.router, jobs.router):
         app.include_router(router, dependencies=documented_key)
     app.include_router(health.router)
-    routes = frozenset(route.path for router in (*API_ROUTERS, torchserve.router, open_inference.router, jobs.router,
-                                                 health.router)
-                       for route in router.routes)
+    app.state.api_routes = [route for router in (*API_ROUTERS, torchserve.router, open_inference.router, jobs.router,
+                                                 health.router) for route in router.routes]
+    routes = frozenset(route.path for route in app.state.api_routes)
     edge_routes = app.state.json_routes = json_routes(API_ROUTERS)
     app.state.jobs = Jobs(app, settings)
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes, routes=routes, tenants=tenants,

@@ -15,7 +15,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
-from starlette.routing import Match
 
 from gateway.responses import JSONResponse
 
@@ -199,12 +198,11 @@ def invalid_body(errors: list[dict]) -> ApiError:
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    """Every method some route of the path takes (Starlette's 405 names only the first route's)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        if route.matches(request.scope)[0] != Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
-    return sorted(methods)
+    """Every method some route of the path takes (Starlette's 405 names only the first route's); the app's
+    routes are `app.state.api_routes`."""
+    path = request.url.path
+    return sorted({method for route in request.app.state.api_routes if route.path_regex.match(path)
+                   for method in route.methods or ()})
 
 
 def as_api_error(request: Request, error: Exception) -> ApiError:

@@ -189,3 +189,13 @@ async def test_a_stopped_runner_gives_its_claimed_lines_back(fake_embedding_work
         worker.gate.set()
         reclaimed = await store.claim(10, lease_s=30)
     assert reclaimed.batch_id == batch["id"] and [line.line_no for line in reclaimed.lines] == [1, 2, 3, 4]
+
+
+async def test_a_method_a_path_does_not_take_is_a_405_naming_every_method_it_does(fake_embedding_worker):
+    async with gateway_client(f"127.0.0.1:{fake_embedding_worker.port}") as client:
+        files_put = await client.put("/v1/files")
+        file_post = await client.post("/v1/files/file_x", json={})
+        embeddings_delete = await client.delete("/v1/embeddings")
+    assert files_put.status_code == 405 and files_put.headers["Allow"] == "GET, POST"
+    assert file_post.status_code == 405 and file_post.headers["Allow"] == "DELETE, GET"
+    assert embeddings_delete.status_code == 405 and embeddings_delete.headers["Allow"] == "POST"
