@@ -198,11 +198,14 @@ def invalid_body(errors: list[dict]) -> ApiError:
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    """Every method some route of the path takes (Starlette's 405 names only the first route's); the app's
-    routes are `app.state.api_routes`."""
+    """Every method of the path's route (Starlette's 405 names only the first route's of that path, not its
+    siblings' with other methods); the app's routes, in order, are `app.state.api_routes`."""
     path = request.url.path
-    return sorted({method for route in request.app.state.api_routes if route.path_regex.match(path)
-                   for method in route.methods or ()})
+    routes = request.app.state.api_routes
+    first = next((route for route in routes if route.path_regex.match(path)), None)
+    if first is None:
+        return []
+    return sorted({method for route in routes if route.path == first.path for method in route.methods or ()})
 
 
 def as_api_error(request: Request, error: Exception) -> ApiError:
