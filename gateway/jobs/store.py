@@ -164,10 +164,11 @@ class JobStore:
                                              file_id, tenant)
         return StoredFile(*row) if row else None
 
-    async def file_endpoints(self, file_id: str) -> tuple[int, set[str]]:
+    async def file_endpoints(self, file_id: str) -> set[str]:
+        """The routes the uploaded file's lines name."""
         async with self.database.transaction() as transaction:
-            lines, endpoints = await transaction.fetchone("SELECT lines, endpoints FROM files WHERE id = ?", file_id)
-        return lines, set(filter(None, endpoints.split(",")))
+            (endpoints,) = await transaction.fetchone("SELECT endpoints FROM files WHERE id = ?", file_id)
+        return set(filter(None, endpoints.split(",")))
 
     async def files(self, tenant: str, limit: int, after: str | None, purpose: str | None,
                     newest_first: bool) -> list[StoredFile]:

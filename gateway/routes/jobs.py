@@ -155,7 +155,7 @@ async def create_batch(body: BatchRequest, request: Request):
     if stored.purpose != "batch" or stored.batch_id is not None:
         raise ApiError(400, "invalid_request_error", f"input_file_id {stored.id!r} is not a file uploaded with "
                                                      "purpose \"batch\"")
-    _, endpoints = await store.file_endpoints(stored.id)
+    endpoints = await store.file_endpoints(stored.id)
     if endpoints != {body.endpoint}:
         raise ApiError(400, "invalid_request_error", f"the file's lines name {', '.join(sorted(endpoints))}; a "
                                                      f"batch runs one endpoint ({body.endpoint}): split the file")
