@@ -81,6 +81,8 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024
 # Routers behind the API key (health and metrics stay open for probes and scrapers).
 API_ROUTERS = (embeddings.router, rerank.router, cohere.router, classify.router, documents.router, gpu.router,
                models.router, usage.router)
+# Routers whose POST routes carry more than a body (a model in the path, a multipart upload): FastAPI runs them.
+PATH_ROUTERS = (classify.model_path_router, torchserve.router, open_inference.router, jobs.router)
 # Probes and scrapers: neither traced nor access-logged (they would drown the requests that matter).
 PROBE_PATHS = frozenset({"/health/live", "/health/ready", "/metrics", "/ping", "/v2/health/live",
                          "/v2/health/ready"})
@@ -184,11 +186,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     install_error_handlers(app)
     # The credential is checked by the edge middleware before the body is read; the dependency only documents it.
     documented_key = [Depends(HTTPBearer(auto_error=False))] if tenants.required else []
-    for router in (*API_ROUTERS, torchserve.router, open_inference.router, jobs.router):
+    for router in (*API_ROUTERS, *PATH_ROUTERS):
         app.include_router(router, dependencies=documented_key)
     app.include_router(health.router)
-    app.state.api_routes = [route for router in (*API_ROUTERS, torchserve.router, open_inference.router, jobs.router,
-                                                 health.router) for route in router.routes]
+    app.state.api_routes = [route for router in (*API_ROUTERS, *PATH_ROUTERS, health.router)
+                            for route in router.routes]
     routes = frozenset(route.path for route in app.state.api_routes)
     edge_routes = app.state.json_routes = json_routes(API_ROUTERS)
     app.state.jobs = Jobs(app, settings)

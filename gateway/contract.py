@@ -27,7 +27,8 @@ NON_BLANK = r"[^\t\n\v\f\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f
 # Where a worker-published limit applies: "<upstream>.<limit>", replaced by the number in the schema.
 LIMIT_KEY = "x-torchgate-limit"
 _LIMIT_KEYWORDS = {"max_items": "maxItems", "max_chars": "maxLength", "dimension": "maximum",
-                   "max_token_id": "maximum", "prompt_names": "enum", "max_tokens": "maximum"}
+                   "max_token_id": "maximum", "prompt_names": "enum", "max_tokens": "maximum",
+                  "max_labels": "maxItems"}
 
 
 def _valid_unicode(value: str) -> str:
@@ -65,6 +66,13 @@ def text_type(upstream: str, description: str = "A non-blank text.") -> Any:
     """One input text for `upstream`: non-blank, valid Unicode, at most the worker's max_chars_per_item."""
     return Annotated[str, Field(min_length=1, pattern=NON_BLANK, description=description,
                                 json_schema_extra={LIMIT_KEY: f"{upstream}.max_chars"}),
+                     AfterValidator(_valid_unicode)]
+
+
+def label_text_type(upstream: str, description: str) -> Any:
+    """A label's name, description or example for `upstream`: blank passes the schema, for the task to refuse
+    with a 400 that names the label (gateway/tasks/classify.py)."""
+    return Annotated[str, Field(description=description, json_schema_extra={LIMIT_KEY: f"{upstream}.max_chars"}),
                      AfterValidator(_valid_unicode)]
 
 
@@ -133,12 +141,15 @@ class Limits:
     stands_in_for: str = ""  # the configured model a fallback replaces
     fingerprint: str = ""  # equal fingerprints, equal results (the response cache's key)
     max_tokens: int = 0  # the model's window, special tokens included
+    zero_shot: str = ""  # how a classifier scores labels a request brings; empty: it does not
+    max_labels: int = 0
+    max_label_pairs: int = 0  # texts x labels
 
     @classmethod
     def from_info(cls, info) -> "Limits":
         return cls(info.model_id, info.max_items_per_request, info.max_chars_per_item, info.dimension,
                    max(info.vocab_size - 1, 0), (None, *sorted(info.prompts)), info.stands_in_for, info.fingerprint,
-                   info.max_input_tokens)
+                   info.max_input_tokens, info.zero_shot, info.max_labels, info.max_label_pairs)
 
     def names(self) -> set[str]:
         """What a request may call the model (torchgate.models.model_names)."""

@@ -7,6 +7,7 @@ import threading
 import numpy as np
 
 from services.classifier.head import IntentScores
+from services.classifier.zero_shot import Similarity
 from services.gpu.readings import DeviceReading, Readings
 from services.runtime.adapter import ModelAdapter, ModelDescription, Prepared
 
@@ -97,7 +98,15 @@ INTENT_KEYWORDS = {"greeting": "hello", "farewell": "bye", "question": "?"}
 
 
 class FakeIntentAdapter(FakeAdapter):
-    """Intent probabilities from keywords (greeting: hello, farewell: bye, question: ?); no model."""
+    """Intent probabilities from keywords (greeting: hello, farewell: bye, question: ?); no model. Zero-shot labels
+    are scored by similarity of the texts' hashed vectors."""
+
+    def zero_shot(self, settings) -> Similarity:
+        return Similarity.prepared(settings, lambda texts: np.stack([self._unit(text) for text in texts]))
+
+    def _unit(self, text: str) -> np.ndarray:
+        vector = vector_for(text, 8)
+        return vector / np.linalg.norm(vector)
 
     def load(self) -> ModelDescription:
         described = super().load()
@@ -115,7 +124,8 @@ class FakeIntentAdapter(FakeAdapter):
 
     def postprocess(self, prepared: Prepared, output: np.ndarray) -> list[IntentScores]:
         """Texts without any keyword lie beyond every intent."""
-        return [IntentScores(row, bool(row.max() < 0.5)) for row in output]
+        return [IntentScores(row, bool(row.max() < 0.5), vector=self._unit(text))
+                for row, text in zip(output, prepared.features, strict=True)]
 
 
 class OneGpu(Readings):

@@ -8,6 +8,7 @@ import numpy as np
 
 from services.classifier.examples import ExampleSet, load_examples
 from services.classifier.head import Head, IntentScores, ScopeThreshold, learn_scope_threshold, softmax, train
+from services.classifier.zero_shot import Entailment, Similarity
 from services.embedding.adapter import EmbeddingAdapter
 from services.runtime.adapter import ModelAdapter, ModelDescription, Prepared, SpecAdapter
 from services.runtime.precision import SELF_CHECK_BATCH, score_agreement
@@ -94,20 +95,26 @@ class FewShotAdapter(ModelAdapter):
     def preprocess(self, texts: list[str]) -> Prepared:
         return self.embedding.preprocess(texts)
 
-    def forward(self, prepared: Prepared) -> tuple[FewShotHead, np.ndarray, np.ndarray]:
+    def zero_shot(self, settings) -> Similarity:
+        """Labels a request brings are scored by similarity on this model's embeddings."""
+        return Similarity.prepared(settings, self._embed)
+
+    def forward(self, prepared: Prepared) -> tuple[FewShotHead, np.ndarray, np.ndarray, np.ndarray]:
         state = self.state
         vectors = normalized(self.embedding.forward(prepared))
-        return state, state.head.probabilities(vectors), (vectors @ state.in_scope_examples.T).max(axis=1)
+        return state, state.head.probabilities(vectors), (vectors @ state.in_scope_examples.T).max(axis=1), vectors
 
-    def postprocess(self, prepared: Prepared, output: tuple[FewShotHead, np.ndarray, np.ndarray]) -> list[IntentScores]:
-        state, probabilities, nearest = output
+    def postprocess(self, prepared: Prepared,
+                    output: tuple[FewShotHead, np.ndarray, np.ndarray, np.ndarray]) -> list[IntentScores]:
+        state, probabilities, nearest, vectors = output
         threshold = state.scope.threshold if state.scope else -np.inf
-        return [IntentScores(row, bool(similarity < threshold), state.labels)
-                for row, similarity in zip(probabilities, nearest, strict=True)]
+        return [IntentScores(row, bool(similarity < threshold), state.labels, vector)
+                for row, similarity, vector in zip(probabilities, nearest, vectors, strict=True)]
 
 
 class CheckpointAdapter(SpecAdapter):
-    """Any Hugging Face sequence-classification directory (e.g. a fine-tuned DeBERTa); labels from its config."""
+    """Any Hugging Face sequence-classification directory (e.g. a fine-tuned DeBERTa); labels from its config.
+    An NLI checkpoint also scores (text, hypothesis) pairs for zero-shot requests (services/classifier/zero_shot.py)."""
 
     def load(self) -> ModelDescription:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -122,29 +129,36 @@ class CheckpointAdapter(SpecAdapter):
         self.classification = SequenceClassification(model, tokenizer, self.max_tokens, device,
                                                      self.spec.pack_length, precision)
         self.packs_sequences = self.classification.packs_sequences
-        self.settle(self.classification.encoder, lambda: self.forward(self.preprocess(SELF_CHECK_BATCH)),
+        self.settle(self.classification.encoder, lambda: softmax(self.forward(self.preprocess(SELF_CHECK_BATCH))),
                     score_agreement, lambda texts: self.preprocess(texts).features)
         return self.describe(max_input_tokens=self.max_tokens, labels=list(self.labels))
 
     def intents(self) -> list[tuple[str, str, int]]:
         return [(label, "", 0) for label in self.labels]
 
+    def zero_shot(self, settings) -> Entailment | None:
+        """An NLI checkpoint scores labels by entailment; any other checkpoint does not classify by labels."""
+        return Entailment.of_labels(self.labels)
+
     def warmup(self) -> None:
         for length in (8, 64, self.max_tokens):
             prepared = self.preprocess(["warm " * length] * 4)
             self.postprocess(prepared, self.forward(prepared))
 
-    def estimate_tokens(self, text: str) -> int:
-        return min(len(text) // CHARS_PER_TOKEN + 2, self.max_tokens)
+    def estimate_tokens(self, item: str | tuple[str, str]) -> int:
+        chars = len(item) if isinstance(item, str) else len(item[0]) + len(item[1])
+        return min(chars // CHARS_PER_TOKEN + 3, self.max_tokens)
 
-    def preprocess(self, texts: list[str]) -> Prepared:
-        return self.classification.preprocess(texts)
+    def preprocess(self, items: list[str | tuple[str, str]]) -> Prepared:
+        """Texts, and (text, hypothesis) pairs of zero-shot requests: the tokenizer takes both in one batch."""
+        return self.classification.preprocess(items)
 
     def forward(self, prepared: Prepared) -> np.ndarray:
-        return softmax(self.classification.logits(prepared))
+        return self.classification.logits(prepared)
 
     def postprocess(self, prepared: Prepared, output: np.ndarray) -> list[IntentScores]:
-        return [IntentScores(row) for row in output]
+        return [IntentScores(probabilities, logits=logits) for probabilities, logits in zip(softmax(output), output,
+                                                                                            strict=True)]
 
 
 def normalized(vectors: np.ndarray) -> np.ndarray:

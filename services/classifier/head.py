@@ -26,11 +26,14 @@ IN_SCOPE_RETENTION = 0.95
 class IntentScores:
     """A text's calibrated probability per label, and whether it lies beyond every intent's examples; `labels`
     names the probabilities when the labels can change while serving (a reloaded example file), else None
-    (the model's labels)."""
+    (the model's labels). Zero-shot scoring reads the text's normalized embedding (`vector`, few-shot) or the
+    checkpoint's raw `logits`."""
 
     probabilities: np.ndarray
     beyond_intents: bool = False
     labels: tuple[str, ...] | None = None
+    vector: np.ndarray | None = None
+    logits: np.ndarray | None = None
 
 
 @dataclass

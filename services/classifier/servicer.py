@@ -11,11 +11,13 @@ from services.classifier.adapter import CheckpointAdapter, FewShotAdapter
 from services.classifier.complexity import LEVELS, TechniqueTable, complexity
 from services.classifier.head import IntentScores
 from services.classifier.settings import ClassifierSettings
+from services.classifier.zero_shot import DEFAULT_TEMPLATE, SLOT, Label, ZeroShot
 from services.embedding.adapter import EmbeddingAdapter
-from services.runtime.adapter import ModelSpec
+from services.runtime.adapter import ModelDescription, ModelSpec
+from services.runtime.errors import InvalidInput
 from services.runtime.fingerprint import fingerprint
 from services.runtime.servicer import ModelServicer, timing
-from services.runtime.validation import validate_model_name, validate_texts
+from services.runtime.validation import validate_model_name, validate_text, validate_texts
 from torchgate.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,15 @@ class ClassifierServicer(ModelServicer, classifier_pb2_grpc.ClassifierServiceSer
         # Only the few-shot head learns where its intents end; a checkpoint always answers one of its labels.
         few_shot = isinstance(adapter, FewShotAdapter) or settings.backend == "few_shot"
         self.out_of_scope = settings.out_of_scope_intent if settings.out_of_scope and few_shot else ""
+        self.zero_shot: ZeroShot | None = None
+
+    async def prepare(self, model: ModelDescription) -> None:
+        """The zero-shot method the model allows (services/classifier/zero_shot.py), unless zero_shot is off."""
+        if self.settings.zero_shot:
+            self.zero_shot = await asyncio.to_thread(self.adapter.zero_shot, self.settings)
+        if self.zero_shot is not None:
+            model.result_parts.extend(self.zero_shot.result_parts())
+            model.result_files.extend(self.zero_shot.result_files())
 
     def add_to_server(self, server) -> None:
         classifier_pb2_grpc.add_ClassifierServiceServicer_to_server(self, server)
@@ -45,6 +56,8 @@ class ClassifierServicer(ModelServicer, classifier_pb2_grpc.ClassifierServiceSer
         texts = list(request.texts)
         validate_texts(texts, self.settings.max_items_per_request, self.settings.max_chars_per_item)
         validate_model_name(request.model, model)
+        if request.labels:
+            return await self._classify_by_labels(request, texts, started, context)
         # Read together on the event loop, where a reload swaps them together (reload below).
         head, fingerprint = self._serving_head(), model.fingerprint
         outcome = await self.run_batched(texts, context)
@@ -64,6 +77,62 @@ class ClassifierServicer(ModelServicer, classifier_pb2_grpc.ClassifierServiceSer
             input_tokens=outcome.token_counts,
             fingerprint=fingerprint,
         )
+
+    async def _classify_by_labels(self, request: classifier_pb2.ClassifyRequest, texts: list[str], started: float,
+                                  context) -> classifier_pb2.ClassifyResponse:
+        model = self.ready_model()
+        if self.zero_shot is None:
+            raise InvalidInput(f"the model {model.model_id} does not classify by labels (a checkpoint without an "
+                               "`entailment` label, or zero_shot off): send no `labels`, or use a model that does")
+        labels = self._labels(request, len(texts))
+        template = request.hypothesis_template or DEFAULT_TEMPLATE
+        if SLOT not in template:
+            raise InvalidInput("hypothesis_template has no `{}` where the label goes: add it")
+        scored = await self.zero_shot.score(lambda items: self.run_batched(items, context), texts, labels, template,
+                                            request.multi_label)
+        top_k = min(request.top_k or len(labels), len(labels))
+        names = [label.name for label in labels]
+        results = await asyncio.to_thread(
+            lambda: [self._labelled(text, row, names, top_k) for text, row in zip(texts, scored.scores, strict=True)])
+        tokens = sum(scored.token_counts)
+        return classifier_pb2.ClassifyResponse(
+            results=results, model=model.model_id, usage=common_pb2.Usage(prompt_tokens=tokens, total_tokens=tokens),
+            timing=timing(scored.outcome, started), input_tokens=scored.token_counts, fingerprint=model.fingerprint)
+
+    def _labels(self, request: classifier_pb2.ClassifyRequest, texts: int) -> list[Label]:
+        s = self.settings
+        if len(request.labels) > s.max_labels:
+            raise InvalidInput(f"labels has {len(request.labels)} items; at most {s.max_labels} per request: "
+                               "split the labels over several requests")
+        if texts * len(request.labels) > s.max_label_pairs:
+            raise InvalidInput(f"texts x labels is {texts} x {len(request.labels)} = {texts * len(request.labels)}; "
+                               f"at most {s.max_label_pairs} per request: send fewer texts per request")
+        labels, seen = [], set()
+        for index, label in enumerate(request.labels):
+            validate_text(label.name, s.max_chars_per_item, f"labels[{index}].name")
+            if label.name in seen:
+                raise InvalidInput(f"labels[{index}].name {label.name[:80]!r} appears twice: send each label once")
+            seen.add(label.name)
+            for number, example in enumerate(label.examples):
+                validate_text(example, s.max_chars_per_item, f"labels[{index}].examples[{number}]")
+            labels.append(Label(label.name, label.description.strip(), tuple(label.examples)))
+        return labels
+
+    def _labelled(self, text: str, scores: np.ndarray, names: list[str], top_k: int) -> classifier_pb2.Classification:
+        best = np.argsort(-scores, kind="stable")[:top_k]
+        level, score = complexity(text)
+        return classifier_pb2.Classification(
+            intent=names[best[0]], confidence=float(scores[best[0]]),
+            top=[classifier_pb2.IntentScore(intent=names[i], score=float(scores[i])) for i in best],
+            complexity=classifier_pb2.Complexity(level=level, score=score),
+            suggested_techniques=self.techniques.suggest(names[best[0]], level))
+
+    async def Info(self, request, context) -> common_pb2.ModelInfo:
+        info = await super().Info(request, context)
+        if self.zero_shot is not None:
+            info.zero_shot = self.zero_shot.method
+            info.max_labels, info.max_label_pairs = self.settings.max_labels, self.settings.max_label_pairs
+        return info
 
     def _serving_head(self) -> tuple[str, ...] | None:
         """The labels of the few-shot head serving now (each head's own tuple), None for other backends."""

@@ -76,6 +76,7 @@ class ModelDescription:
     vocab_size: int = 0
     stands_in_for: str = ""  # the configured model a fallback replaces
     result_files: list[str] = field(default_factory=list)  # files besides the model's that change its results
+    result_parts: list[str] = field(default_factory=list)  # settings besides the model's that change its results
     fingerprint: str = ""  # services.runtime.fingerprint, set by the servicer after loading
 
     def names(self) -> set[str]:

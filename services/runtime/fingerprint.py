@@ -1,9 +1,9 @@
 """The identity of what a worker computes, published in `Info.fingerprint`: equal fingerprints, equal results.
 
-It covers every file of the model's directory (weights, configuration, tokenizer), the files an adapter names
-besides (a classifier's example file), the precision, backend and device kind the worker chose, its prompts, and the
-Torchgate version (whose code turns model outputs into results). A cache keyed by it never serves a result of
-another model, another example file or another precision.
+It covers every file of the model's directory (weights, configuration, tokenizer), the files and settings an adapter
+names besides (a classifier's example file, its zero-shot method), the precision, backend and device kind the worker
+chose, its prompts, and the Torchgate version (whose code turns model outputs into results). A cache keyed by it
+never serves a result of another model, another example file or another precision.
 """
 
 import hashlib
@@ -32,7 +32,7 @@ def fingerprint(model: "ModelDescription") -> str:
     """sha256 (hex) over the model's files and everything else that changes its results."""
     digest = hashlib.sha256()
     for part in (__version__, model.model_id, model.dtype, model.backend, model.device.partition(":")[0],
-                 *sorted(f"{name}={prompt}" for name, prompt in model.prompts.items())):
+                 *sorted(f"{name}={prompt}" for name, prompt in model.prompts.items()), *model.result_parts):
         digest.update(part.encode() + b"\0")
     feed_files(digest, Path(model.model_path), [Path(name) for name in model.result_files])
     return digest.hexdigest()

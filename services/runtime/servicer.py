@@ -56,6 +56,7 @@ class ModelServicer(WorkerServicer):
 
     async def load(self) -> None:
         self.model = await asyncio.to_thread(self.adapter.load)
+        await self.prepare(self.model)
         self.model.fingerprint = await asyncio.to_thread(fingerprint, self.model)
         await asyncio.to_thread(self.adapter.warmup)
         if self.settings.gpu_address and self.model.device.startswith("cuda"):
@@ -70,6 +71,9 @@ class ModelServicer(WorkerServicer):
         log.info("model ready", extra={"model": self.model.model_id, "device": self.model.device,
                                        "dtype": self.model.dtype, "device_streams": self.streams,
                                        "threads_per_stream": self.threads_per_stream})
+
+    async def prepare(self, model: ModelDescription) -> None:
+        """What the servicer derives from the loaded model before its fingerprint is taken (nothing, by default)."""
 
     async def drain(self, timeout: float) -> None:
         if self.batcher:

@@ -1,10 +1,12 @@
-"""Clients of other servers against the real mesh: `tritonclient` over the Open Inference Protocol v2, and the
-BetterPrompts classifier's TorchServe calls replayed with httpx, timeouts included. Answers equal the native routes'.
+"""Clients of other servers against the real mesh: `tritonclient` over the Open Inference Protocol v2, Hugging Face's
+`InferenceClient` for zero-shot classification, and the BetterPrompts classifier's TorchServe calls replayed with
+httpx, timeouts included. Answers equal the native routes'.
 """
 
 import struct
 from urllib.parse import quote
 
+import grpc
 import httpx
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.e2e.conftest import running_mesh
 from tests.tiny_models import MINILM
+from torchgate.v1 import classifier_pb2, classifier_pb2_grpc
 
 CLASSIFIER = f"few-shot:{MINILM}"
 INTENT_CLASSIFIER = "intent_classifier"
@@ -172,3 +175,42 @@ def test_every_listed_name_and_the_short_name_work_on_every_protocol(mesh, clien
         assert reply.status_code == 200, (name, reply.text)
         described = httpx.get(f"{mesh.url}/models/{quote(name, safe='')}", timeout=30)
         assert described.status_code == 200 and described.json()[0]["workers"][0]["status"] == "READY", name
+
+
+@pytest.fixture
+def hugging_face(monkeypatch):
+    """huggingface_hub's InferenceClient; the suite's HF_HUB_OFFLINE would stop it calling even this machine."""
+    from huggingface_hub import InferenceClient, constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    return InferenceClient
+
+
+ZERO_SHOT_TEXT = "Can you book me a table for four at an Italian place tonight?"
+ZERO_SHOT_LABELS = ["restaurant reservation", "weather", "play music", "flight status"]
+
+
+def test_hugging_faces_client_classifies_by_the_labels_it_sends(mesh, hugging_face):
+    by_base_url = hugging_face(base_url=f"{mesh.url}/v1/zero-shot", timeout=60).zero_shot_classification(
+        ZERO_SHOT_TEXT, candidate_labels=ZERO_SHOT_LABELS)
+    by_model = hugging_face(model=f"{mesh.url}/hf-inference/models/{CLASSIFIER}", timeout=60).zero_shot_classification(
+        ZERO_SHOT_TEXT, candidate_labels=ZERO_SHOT_LABELS, multi_label=True, hypothesis_template="The request is {}.")
+    single = native(mesh, "/v1/classify", {"text": ZERO_SHOT_TEXT, "labels": ZERO_SHOT_LABELS})["results"][0]["top"]
+    multi = native(mesh, "/v1/classify", {"text": ZERO_SHOT_TEXT, "labels": ZERO_SHOT_LABELS, "multi_label": True,
+                                          "hypothesis_template": "The request is {}."})["results"][0]["top"]
+    assert [(e.label, e.score) for e in by_base_url] == [(t["intent"], t["score"]) for t in single]
+    assert [(e.label, e.score) for e in by_model] == [(t["intent"], t["score"]) for t in multi]
+    assert by_base_url[0].label == by_model[0].label == "restaurant reservation"
+    assert sum(e.score for e in by_base_url) == pytest.approx(1, abs=1e-5) and by_model[0].score > 0.5
+
+
+async def test_zero_shot_scores_served_equal_the_workers_own(mesh):
+    texts = [ZERO_SHOT_TEXT, "Is it going to snow in Oslo tomorrow?"]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.ports['classifier']}") as channel:
+        direct = await classifier_pb2_grpc.ClassifierServiceStub(channel).Classify(classifier_pb2.ClassifyRequest(
+            texts=texts, labels=[classifier_pb2.Label(name=label) for label in ZERO_SHOT_LABELS]))
+    served = native(mesh, "/v1/classify", {"texts": texts, "labels": ZERO_SHOT_LABELS})["results"]
+    for by_worker, by_gateway in zip(direct.results, served, strict=True):
+        worker_scores = {t.intent: t.score for t in by_worker.top}
+        assert [t["intent"] for t in by_gateway["top"]] == [t.intent for t in by_worker.top]
+        assert all(abs(t["score"] - worker_scores[t["intent"]]) < 1e-3 for t in by_gateway["top"])

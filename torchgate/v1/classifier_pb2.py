@@ -25,29 +25,31 @@ _sym_db = _symbol_database.Default()
 from torchgate.v1 import common_pb2 as torchgate_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtorchgate/v1/classifier.proto\x12\x0ctorchgate.v1\x1a\x19torchgate/v1/common.proto\"T\n\x0f\x43lassifyRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05model\x18\x03 \x01(\t\x12\x14\n\x0c\x66orce_intent\x18\x04 \x01(\x08\",\n\x0bIntentScore\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"*\n\nComplexity\x12\r\n\x05level\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\xa8\x01\n\x0e\x43lassification\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12&\n\x03top\x18\x03 \x03(\x0b\x32\x19.torchgate.v1.IntentScore\x12,\n\ncomplexity\x18\x04 \x01(\x0b\x32\x18.torchgate.v1.Complexity\x12\x1c\n\x14suggested_techniques\x18\x05 \x03(\t\"\xc5\x01\n\x10\x43lassifyResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.torchgate.v1.Classification\x12\r\n\x05model\x18\x02 \x01(\t\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.torchgate.v1.Usage\x12$\n\x06timing\x18\x04 \x01(\x0b\x32\x14.torchgate.v1.Timing\x12\x14\n\x0cinput_tokens\x18\x05 \x03(\r\x12\x13\n\x0b\x66ingerprint\x18\x06 \x01(\t\"\x14\n\x12ListIntentsRequest\"=\n\x06Intent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08\x65xamples\x18\x03 \x01(\r\"W\n\x13ListIntentsResponse\x12%\n\x07intents\x18\x01 \x03(\x0b\x32\x14.torchgate.v1.Intent\x12\x19\n\x11\x63omplexity_levels\x18\x02 \x03(\t2\xee\x01\n\x11\x43lassifierService\x12I\n\x08\x43lassify\x12\x1d.torchgate.v1.ClassifyRequest\x1a\x1e.torchgate.v1.ClassifyResponse\x12R\n\x0bListIntents\x12 .torchgate.v1.ListIntentsRequest\x1a!.torchgate.v1.ListIntentsResponse\x12:\n\x04Info\x12\x19.torchgate.v1.InfoRequest\x1a\x17.torchgate.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtorchgate/v1/classifier.proto\x12\x0ctorchgate.v1\x1a\x19torchgate/v1/common.proto\"\xab\x01\n\x0f\x43lassifyRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05model\x18\x03 \x01(\t\x12\x14\n\x0c\x66orce_intent\x18\x04 \x01(\x08\x12#\n\x06labels\x18\x05 \x03(\x0b\x32\x13.torchgate.v1.Label\x12\x13\n\x0bmulti_label\x18\x06 \x01(\x08\x12\x1b\n\x13hypothesis_template\x18\x07 \x01(\t\"<\n\x05Label\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08\x65xamples\x18\x03 \x03(\t\",\n\x0bIntentScore\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"*\n\nComplexity\x12\r\n\x05level\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\xa8\x01\n\x0e\x43lassification\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12&\n\x03top\x18\x03 \x03(\x0b\x32\x19.torchgate.v1.IntentScore\x12,\n\ncomplexity\x18\x04 \x01(\x0b\x32\x18.torchgate.v1.Complexity\x12\x1c\n\x14suggested_techniques\x18\x05 \x03(\t\"\xc5\x01\n\x10\x43lassifyResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.torchgate.v1.Classification\x12\r\n\x05model\x18\x02 \x01(\t\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.torchgate.v1.Usage\x12$\n\x06timing\x18\x04 \x01(\x0b\x32\x14.torchgate.v1.Timing\x12\x14\n\x0cinput_tokens\x18\x05 \x03(\r\x12\x13\n\x0b\x66ingerprint\x18\x06 \x01(\t\"\x14\n\x12ListIntentsRequest\"=\n\x06Intent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08\x65xamples\x18\x03 \x01(\r\"W\n\x13ListIntentsResponse\x12%\n\x07intents\x18\x01 \x03(\x0b\x32\x14.torchgate.v1.Intent\x12\x19\n\x11\x63omplexity_levels\x18\x02 \x03(\t2\xee\x01\n\x11\x43lassifierService\x12I\n\x08\x43lassify\x12\x1d.torchgate.v1.ClassifyRequest\x1a\x1e.torchgate.v1.ClassifyResponse\x12R\n\x0bListIntents\x12 .torchgate.v1.ListIntentsRequest\x1a!.torchgate.v1.ListIntentsResponse\x12:\n\x04Info\x12\x19.torchgate.v1.InfoRequest\x1a\x17.torchgate.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'torchgate.v1.classifier_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CLASSIFYREQUEST']._serialized_start=74
-  _globals['_CLASSIFYREQUEST']._serialized_end=158
-  _globals['_INTENTSCORE']._serialized_start=160
-  _globals['_INTENTSCORE']._serialized_end=204
-  _globals['_COMPLEXITY']._serialized_start=206
-  _globals['_COMPLEXITY']._serialized_end=248
-  _globals['_CLASSIFICATION']._serialized_start=251
-  _globals['_CLASSIFICATION']._serialized_end=419
-  _globals['_CLASSIFYRESPONSE']._serialized_start=422
-  _globals['_CLASSIFYRESPONSE']._serialized_end=619
-  _globals['_LISTINTENTSREQUEST']._serialized_start=621
-  _globals['_LISTINTENTSREQUEST']._serialized_end=641
-  _globals['_INTENT']._serialized_start=643
-  _globals['_INTENT']._serialized_end=704
-  _globals['_LISTINTENTSRESPONSE']._serialized_start=706
-  _globals['_LISTINTENTSRESPONSE']._serialized_end=793
-  _globals['_CLASSIFIERSERVICE']._serialized_start=796
-  _globals['_CLASSIFIERSERVICE']._serialized_end=1034
+  _globals['_CLASSIFYREQUEST']._serialized_start=75
+  _globals['_CLASSIFYREQUEST']._serialized_end=246
+  _globals['_LABEL']._serialized_start=248
+  _globals['_LABEL']._serialized_end=308
+  _globals['_INTENTSCORE']._serialized_start=310
+  _globals['_INTENTSCORE']._serialized_end=354
+  _globals['_COMPLEXITY']._serialized_start=356
+  _globals['_COMPLEXITY']._serialized_end=398
+  _globals['_CLASSIFICATION']._serialized_start=401
+  _globals['_CLASSIFICATION']._serialized_end=569
+  _globals['_CLASSIFYRESPONSE']._serialized_start=572
+  _globals['_CLASSIFYRESPONSE']._serialized_end=769
+  _globals['_LISTINTENTSREQUEST']._serialized_start=771
+  _globals['_LISTINTENTSREQUEST']._serialized_end=791
+  _globals['_INTENT']._serialized_start=793
+  _globals['_INTENT']._serialized_end=854
+  _globals['_LISTINTENTSRESPONSE']._serialized_start=856
+  _globals['_LISTINTENTSRESPONSE']._serialized_end=943
+  _globals['_CLASSIFIERSERVICE']._serialized_start=946
+  _globals['_CLASSIFIERSERVICE']._serialized_end=1184
 # @@protoc_insertion_point(module_scope)

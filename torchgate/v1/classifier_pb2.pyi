@@ -8,16 +8,32 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("texts", "top_k", "model", "force_intent")
+    __slots__ = ("texts", "top_k", "model", "force_intent", "labels", "multi_label", "hypothesis_template")
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FORCE_INTENT_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    MULTI_LABEL_FIELD_NUMBER: _ClassVar[int]
+    HYPOTHESIS_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     texts: _containers.RepeatedScalarFieldContainer[str]
     top_k: int
     model: str
     force_intent: bool
-    def __init__(self, texts: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., model: _Optional[str] = ..., force_intent: _Optional[bool] = ...) -> None: ...
+    labels: _containers.RepeatedCompositeFieldContainer[Label]
+    multi_label: bool
+    hypothesis_template: str
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., model: _Optional[str] = ..., force_intent: _Optional[bool] = ..., labels: _Optional[_Iterable[_Union[Label, _Mapping]]] = ..., multi_label: _Optional[bool] = ..., hypothesis_template: _Optional[str] = ...) -> None: ...
+
+class Label(_message.Message):
+    __slots__ = ("name", "description", "examples")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    examples: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., examples: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class IntentScore(_message.Message):
     __slots__ = ("intent", "score")

@@ -41,7 +41,7 @@ class BatchingInfo(_message.Message):
     def __init__(self, max_batch_size: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_wait_ms: _Optional[float] = ..., max_queue_items: _Optional[int] = ..., device_streams: _Optional[int] = ..., threads_per_stream: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_id", "model_path", "device", "dtype", "max_input_tokens", "dimension", "labels", "batching", "version", "max_items_per_request", "max_chars_per_item", "fallback_reason", "dtype_reason", "prompts", "vocab_size", "stands_in_for", "fingerprint", "backend", "backend_reason")
+    __slots__ = ("model_id", "model_path", "device", "dtype", "max_input_tokens", "dimension", "labels", "batching", "version", "max_items_per_request", "max_chars_per_item", "fallback_reason", "dtype_reason", "prompts", "vocab_size", "stands_in_for", "fingerprint", "backend", "backend_reason", "zero_shot", "max_labels", "max_label_pairs")
     class PromptsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +68,9 @@ class ModelInfo(_message.Message):
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     BACKEND_REASON_FIELD_NUMBER: _ClassVar[int]
+    ZERO_SHOT_FIELD_NUMBER: _ClassVar[int]
+    MAX_LABELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_LABEL_PAIRS_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     model_path: str
     device: str
@@ -87,7 +90,10 @@ class ModelInfo(_message.Message):
     fingerprint: str
     backend: str
     backend_reason: str
-    def __init__(self, model_id: _Optional[str] = ..., model_path: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., max_input_tokens: _Optional[int] = ..., dimension: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., batching: _Optional[_Union[BatchingInfo, _Mapping]] = ..., version: _Optional[str] = ..., max_items_per_request: _Optional[int] = ..., max_chars_per_item: _Optional[int] = ..., fallback_reason: _Optional[str] = ..., dtype_reason: _Optional[str] = ..., prompts: _Optional[_Mapping[str, str]] = ..., vocab_size: _Optional[int] = ..., stands_in_for: _Optional[str] = ..., fingerprint: _Optional[str] = ..., backend: _Optional[str] = ..., backend_reason: _Optional[str] = ...) -> None: ...
+    zero_shot: str
+    max_labels: int
+    max_label_pairs: int
+    def __init__(self, model_id: _Optional[str] = ..., model_path: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., max_input_tokens: _Optional[int] = ..., dimension: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., batching: _Optional[_Union[BatchingInfo, _Mapping]] = ..., version: _Optional[str] = ..., max_items_per_request: _Optional[int] = ..., max_chars_per_item: _Optional[int] = ..., fallback_reason: _Optional[str] = ..., dtype_reason: _Optional[str] = ..., prompts: _Optional[_Mapping[str, str]] = ..., vocab_size: _Optional[int] = ..., stands_in_for: _Optional[str] = ..., fingerprint: _Optional[str] = ..., backend: _Optional[str] = ..., backend_reason: _Optional[str] = ..., zero_shot: _Optional[str] = ..., max_labels: _Optional[int] = ..., max_label_pairs: _Optional[int] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()

@@ -90,3 +90,59 @@ async def test_texts_no_intent_covers_are_out_of_scope_unless_an_intent_is_force
     assert forced.json()["results"][0]["intent"] == "greeting"
     assert better.json()["intent"] == "out_of_scope" and better.json()["suggested_techniques"][0] == "zero_shot"
     assert better_forced.json()["results"][0]["intent"] != "out_of_scope"
+
+
+async def test_labels_in_the_request_replace_the_models_intents(client):
+    labels = ["sports", {"name": "politics", "description": "government and elections", "examples": ["a vote"]}]
+    reply = await client.post("/v1/classify", json={"texts": ["the match", "the vote"], "labels": labels})
+    assert reply.status_code == 200, reply.text
+    for result in reply.json()["results"]:
+        assert {top["intent"] for top in result["top"]} == {"sports", "politics"}
+        assert sum(top["score"] for top in result["top"]) == pytest.approx(1.0, abs=1e-5)
+        assert result["intent"] == result["top"][0]["intent"] and result["confidence"] == result["top"][0]["score"]
+    multi = (await client.post("/v1/classify", json={"text": "the match", "labels": ["sports", "politics"],
+                                                     "multi_label": True, "top_k": 1})).json()["results"][0]
+    assert len(multi["top"]) == 1 and 0 <= multi["top"][0]["score"] <= 1
+    hugging_face = (await client.post("/v1/zero-shot", json={
+        "inputs": "the match", "parameters": {"candidate_labels": "sports, politics"}})).json()
+    native = (await client.post("/v1/classify", json={"text": "the match", "labels": ["sports", "politics"]})).json()
+    assert hugging_face == [{"label": t["intent"], "score": t["score"]} for t in native["results"][0]["top"]]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "says"), [
+    ("/v1/classify", {"text": "a", "labels": [f"l{i}" for i in range(257)]}, 413, "labels has 257 items; at most 256"),
+    ("/v1/classify", {"texts": ["a"] * 41, "labels": [f"l{i}" for i in range(100)]}, 413,
+     "texts x labels is 41 x 100 = 4100; at most 4096"),
+    ("/v1/classify", {"text": "a", "labels": ["x", "y", "x"]}, 400, "labels[2] 'x' appears twice"),
+    ("/v1/classify", {"text": "a", "labels": ["x", {"name": " "}]}, 400, "labels[1].name is empty"),
+    ("/v1/classify", {"text": "a", "labels": ["x", "y"], "hypothesis_template": "About"}, 400,
+     "hypothesis_template 'About' has no `{}`"),
+    ("/v1/zero-shot", {"inputs": "a", "parameters": {"candidate_labels": ["x", ""]}}, 400,
+     "parameters.candidate_labels[1] is empty"),
+    ("/v1/zero-shot", {"inputs": "a", "parameters": {"candidate_labels": ["x"], "hypothesis_template": "{ }"}}, 400,
+     "parameters.hypothesis_template '{ }' has no `{}`"),
+    ("/v1/zero-shot", {"inputs": ["a"] * 17, "parameters": {"candidate_labels": [f"l{i}" for i in range(250)]}}, 413,
+     "inputs x parameters.candidate_labels is 17 x 250 = 4250"),
+])
+async def test_bad_labels_are_refused_naming_the_field(client, path, body, status, says):
+    reply = await client.post(path, json=body)
+    assert reply.status_code == status and says in reply.json()["error"]["message"], reply.text
+
+
+async def test_a_tenants_input_limit_counts_texts_times_labels(fake_classifier_worker, tmp_path):
+    import hashlib
+
+    import yaml
+
+    tenants = tmp_path / "tenants.yaml"
+    tenants.write_text(yaml.safe_dump({"tenants": {"small": {
+        "keys_sha256": [hashlib.sha256(b"small-key").hexdigest()], "inputs_per_second": 0.001, "inputs_burst": 4}}}))
+    async with gateway_client(unused_address(), classifier=f"127.0.0.1:{fake_classifier_worker.port}",
+                              tenants_file=str(tenants)) as client:
+        headers = {"Authorization": "Bearer small-key"}
+        over = await client.post("/v1/classify", headers=headers, json={"texts": ["a", "b", "c"],
+                                                                        "labels": ["x", "y"]})
+        assert over.status_code == 413 and "at most 4" in over.text, over.text
+        within = await client.post("/v1/zero-shot", headers=headers,
+                                   json={"inputs": ["a", "b"], "parameters": {"candidate_labels": ["x", "y"]}})
+        assert within.status_code == 200, within.text

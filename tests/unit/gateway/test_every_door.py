@@ -72,6 +72,11 @@ def _rerank_body(inputs: list[str]) -> dict:
     return {"query": "hello text", "documents": inputs}
 
 
+def _zero_shot_body(inputs: list[str], model: str | None = None) -> dict:
+    """One label, so that a request's inputs are its texts (texts x labels: test_zero_shot_gateway.py)."""
+    return {"inputs": inputs, "parameters": {"candidate_labels": ["greeting"]}, **({"model": model} if model else {})}
+
+
 DOORS = [
     Door("openai-embeddings", "/v1/embeddings", "native", EMBEDDER,
          lambda inputs, model: _json("/v1/embeddings", {"input": inputs, "model": model}), {"input": 5}),
@@ -85,6 +90,13 @@ DOORS = [
          lambda inputs, model: _json("/v2/rerank", {**_rerank_body(inputs), "model": model}), {"documents": []}),
     Door("native-classify", "/v1/classify", "native", CLASSIFIER,
          lambda inputs, model: _json("/v1/classify", {"texts": inputs, "model": model}), {"texts": [1]}),
+    Door("hf-zero-shot", "/v1/zero-shot", "native", CLASSIFIER,
+         lambda inputs, model: _json("/v1/zero-shot", _zero_shot_body(inputs, model)), {"inputs": []}),
+    Door("hf-zero-shot-pipeline", "/hf-inference/models/{model}/pipeline/zero-shot-classification", "native",
+         CLASSIFIER, lambda inputs, model: _json(f"/hf-inference/models/{model}/pipeline/zero-shot-classification",
+                                                 _zero_shot_body(inputs)), {"parameters": {}}),
+    Door("hf-zero-shot-model", "/hf-inference/models/{model}", "native", CLASSIFIER,
+         lambda inputs, model: _json(f"/hf-inference/models/{model}", _zero_shot_body(inputs)), {"inputs": 3}),
     Door("betterprompts-one", "/api/v1/intents/classify", "native", CLASSIFIER,
          lambda inputs, model: _json("/api/v1/intents/classify", {"text": inputs[0]}), {"text": ""},
          many_inputs=False, names_model=False),
