@@ -13,7 +13,8 @@ containers, where `make images` has built them: embed C=32 x 1 through the conta
 (`scripts/start.sh --compose`) between two runs of the same load on the local mesh. Then the edge
 (bench/edge.py): the response cache's gain and costs, and the tenants' cost; chunk + embed of a 200-page Markdown
 corpus against the same chunker and encode in one process (bench/documents.py); a batch job against the same texts
-sent interactively, and interactive latency while a batch runs (bench/batches.py); last, the charts (bench/charts.py)
+sent interactively, and interactive latency while a batch runs (bench/batches.py); zero-shot accuracy on held-out
+CLINC150 texts and the label cache's latency (bench/zero_shot.py); last, the charts (bench/charts.py)
 next to the report and into docs/charts/. The serving loads send
 `Cache-Control: no-cache`: they repeat one corpus, which the cache would otherwise answer.
 """
@@ -31,7 +32,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench import batches, documents
+from bench import batches, documents, zero_shot
 from bench.corpus import build_corpus
 from bench.scenarios import SCENARIOS
 from services.runtime.precision import cpu_bf16_flags
@@ -215,6 +216,8 @@ def main() -> None:
         markdown = documents.corpus()
         documents_served = documents.served(f"http://127.0.0.1:{mesh.ports['gateway']}", markdown)
         batches_report = batches.measure(f"http://127.0.0.1:{mesh.ports['gateway']}")
+        zero_shot_report = zero_shot.measure(f"http://127.0.0.1:{mesh.ports['gateway']}",
+                                             f"127.0.0.1:{mesh.ports['classifier']}")
         rss = mesh.rss()
     documents_report = documents.report(documents_served, documents.in_process(markdown), len(markdown.split()))
     ceilings = {}
@@ -242,10 +245,11 @@ def main() -> None:
     report = {"machine": machine, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "seconds_per_load": args.seconds, "worker_dtypes": dtypes, "rows": rows, "rss_mb": rss,
               "tracing": tracing, "containers": containers, "edge": edge, "documents": documents_report,
-              "batches": batches_report}
+              "batches": batches_report, "zero_shot": zero_shot_report}
     print_table(report)
     documents.print_report(documents_report)
     batches.print_report(batches_report)
+    zero_shot.print_report(zero_shot_report)
     if edge:
         print_edge(edge)
     out = ROOT / "bench/results" / f"{time.strftime('%Y%m%d-%H%M%S')}-{platform.node() or 'host'}.json"

@@ -169,6 +169,11 @@ def enforce_texts(limits: Limits | None, texts: list[str], field: str, upstream:
         raise ApiError(422, "invalid_request_error",
                        f"{field} has {len(texts)} items; at most {limits.max_items} per request: split the request",
                        upstream)
+    enforce_lengths(limits, texts, field, upstream)
+
+
+def enforce_lengths(limits: Limits, texts: list[str], field: str, upstream: str) -> None:
+    """422 for a text longer than the worker accepts."""
     for index, text in enumerate(texts):
         if len(text) > limits.max_chars:
             where = field if field in ("query", "text") else f"{field}[{index}]"

@@ -2,6 +2,8 @@
 zero-shot-classification (POST /v1/zero-shot and the task route with the model in the path), and the
 BetterPrompts-compatible /api/v1/intents/* routes."""
 
+from typing import Annotated
+
 from fastapi import APIRouter, Request
 from pydantic import ConfigDict, Field, model_validator
 
@@ -19,7 +21,7 @@ model_path_router = APIRouter(responses=MODEL_ROUTE_ERRORS)
 
 # The batch route's limit, as in the BetterPrompts intent classifier this replaces.
 MAX_BATCH = 100
-MAX_TOP_K = 1000
+MAX_TOP_K = 256  # a zero-shot request lists every label by default; top_k only trims
 
 ClassifierText = text_type("classifier")
 FORCE_INTENT = Field(False, description="Answer the best real intent even for a text no intent covers.")
@@ -105,8 +107,8 @@ def _better_prompts(result: classifier_pb2.Classification, reply: Classified) ->
 
 
 class ZeroShotParameters(RequestBody):
-    candidate_labels: list[LabelName] | LabelName = Field(
-        json_schema_extra=LABELS_LIMIT, description="The labels, or one string of comma-separated labels.")
+    candidate_labels: Annotated[list[LabelName], Field(min_length=1, json_schema_extra=LABELS_LIMIT)] | LabelName = \
+        Field(description="The labels, or one string of comma-separated labels.")
     multi_label: bool | None = MULTI_LABEL
     hypothesis_template: str | None = TEMPLATE
 

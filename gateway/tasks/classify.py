@@ -9,7 +9,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from gateway.cache import CacheOutcome, Computed, Scope
-from gateway.contract import clip, enforce_texts
+from gateway.contract import clip, enforce_lengths, enforce_texts
 from gateway.errors import ApiError
 from gateway.merging import Mergeable
 from gateway.tasks import Answer, Task, TaskCall
@@ -120,7 +120,7 @@ class Classify(Task[ClassifyCall, Classified]):
             raise ApiError(413, "request_too_large",
                            f"{call.field} x {call.labels_field} is {len(call.texts)} x {len(call.labels)} = {pairs}; "
                            f"at most {limits.max_label_pairs} per request: send fewer texts per request", pool.name)
-        enforce_texts(limits, [label.name for label in call.labels], call.labels_field, pool.name)
+        enforce_lengths(limits, [label.name for label in call.labels], call.labels_field, pool.name)
 
     @staticmethod
     async def _call(pool: Upstream, call: ClassifyCall, model: str | None, texts: list[str],

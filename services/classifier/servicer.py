@@ -113,6 +113,9 @@ class ClassifierServicer(ModelServicer, classifier_pb2_grpc.ClassifierServiceSer
             if label.name in seen:
                 raise InvalidInput(f"labels[{index}].name {label.name[:80]!r} appears twice: send each label once")
             seen.add(label.name)
+            if len(label.description) > s.max_chars_per_item:
+                raise InvalidInput(f"labels[{index}].description has {len(label.description)} characters; the limit "
+                                   f"is {s.max_chars_per_item}: shorten it")
             for number, example in enumerate(label.examples):
                 validate_text(example, s.max_chars_per_item, f"labels[{index}].examples[{number}]")
             labels.append(Label(label.name, label.description.strip(), tuple(label.examples)))

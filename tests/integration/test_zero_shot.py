@@ -44,7 +44,7 @@ def normalized(vectors: np.ndarray) -> np.ndarray:
 
 async def test_similarity_scores_are_the_documented_computation(classifier, minilm):
     """Prototype = normalize(name + template), hub = mean of its 20 nearest reference texts, score =
-    softmax((cos - 0.5 hub) / T), or with multi_label a logistic of it: as docs/api/classify.md says."""
+    softmax((cos - 0.5 hub) / T), or with multi_label a logistic of it: as docs/api/zero-shot.md says."""
     settings = ClassifierSettings()
     texts = ["my card was stolen yesterday", "what will the weather be tomorrow", "play some jazz"]
     labels = ["report lost card", "weather forecast", "play music", "book a flight"]
