@@ -25,3 +25,20 @@ def build_tiny_embedder(directory: Path, dimension: int = 32, seed: int = 0) -> 
     target = directory / "tiny-embedder"
     model.save(str(target))
     return target
+
+
+def save_sequence_classifier(tiny_bert: tuple, directory: Path, labels: list[str], seed: int) -> Path:
+    """A random BertForSequenceClassification with `labels` (id2label and label2id), saved with the tokenizer of
+    `tiny_bert` (the integration suite's (tokenizer directory, BertConfig) fixture)."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    source, config = tiny_bert
+    config.num_labels = len(labels)
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {label: i for i, label in enumerate(labels)}
+    torch.manual_seed(seed)
+    BertForSequenceClassification(config).save_pretrained(directory)
+    for file in source.iterdir():
+        (directory / file.name).write_bytes(file.read_bytes())
+    return directory

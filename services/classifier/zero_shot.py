@@ -12,6 +12,7 @@
   of the entailment logits over the labels; multi-label, each label's entailment against contradiction.
 """
 
+import asyncio
 import json
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -142,8 +143,11 @@ class Similarity(ZeroShot):
             strings = list(dict.fromkeys(text for part in parts for group in part for text in group))
             encoded = await run(strings)
             vector_of = {text: result.vector for text, result in zip(strings, encoded.results, strict=True)}
-            for key, groups in zip(missing, parts, strict=True):
-                self._remember(key, self._prototype([[vector_of[text] for text in group] for group in groups]))
+            # A hub score reads every reference text: off the event loop, like the model.
+            made = await asyncio.to_thread(lambda: [
+                self._prototype([[vector_of[text] for text in group] for group in groups]) for groups in parts])
+            for key, value in zip(missing, made, strict=True):
+                self._remember(key, value)
         for key in keys:
             self._prototypes.move_to_end(key)
         prototypes, hubs = zip(*(self._prototypes[key] for key in keys), strict=True)

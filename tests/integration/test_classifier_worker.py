@@ -8,6 +8,7 @@ from services.classifier.servicer import build
 from services.classifier.settings import ClassifierSettings
 from services.runtime.worker import Worker
 from tests.network import worker_channel
+from tests.tiny_models import save_sequence_classifier
 from tests.workers import started
 from torchgate.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
 
@@ -107,15 +108,8 @@ async def test_the_checkpoint_backend_uses_the_checkpoints_labels(tiny_bert_dir,
     import torch
     from transformers import AutoTokenizer, BertForSequenceClassification
 
-    source, config = tiny_bert_dir
     labels = ["billing", "technical", "sales"]
-    config.num_labels = len(labels)
-    config.id2label = dict(enumerate(labels))
-    config.label2id = {label: i for i, label in enumerate(labels)}
-    torch.manual_seed(1)
-    BertForSequenceClassification(config).save_pretrained(tmp_path)
-    for file in source.iterdir():
-        (tmp_path / file.name).write_bytes(file.read_bytes())
+    save_sequence_classifier(tiny_bert_dir, tmp_path, labels, seed=1)
     worker = await serve(backend="checkpoint", model=str(tmp_path))
     texts = ["my invoice is wrong", "the app crashes on start", "word " * 400]
     reply = await classify(worker, texts, top_k=3)

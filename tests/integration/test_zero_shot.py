@@ -10,6 +10,7 @@ from services.classifier.settings import ClassifierSettings
 from services.classifier.zero_shot import read_reference
 from services.runtime.worker import Worker
 from tests.network import worker_channel
+from tests.tiny_models import save_sequence_classifier
 from tests.workers import started
 from torchgate.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
 
@@ -119,26 +120,11 @@ async def test_info_names_the_method_and_its_limits(classifier):
     assert (info.zero_shot, info.max_labels, info.max_label_pairs) == ("similarity", 256, 4096)
 
 
-def nli_checkpoint(tiny_bert_dir, directory, labels: list[str]):
-    import torch
-    from transformers import BertForSequenceClassification
-
-    source, config = tiny_bert_dir
-    config.num_labels = len(labels)
-    config.id2label = dict(enumerate(labels))
-    config.label2id = {label: i for i, label in enumerate(labels)}
-    torch.manual_seed(3)
-    BertForSequenceClassification(config).save_pretrained(directory)
-    for file in source.iterdir():
-        (directory / file.name).write_bytes(file.read_bytes())
-    return directory
-
-
 async def test_an_nli_checkpoint_scores_labels_by_entailment_as_hugging_face_does(tiny_bert_dir, tmp_path):
     import torch
     from transformers import AutoTokenizer, BertForSequenceClassification
 
-    directory = nli_checkpoint(tiny_bert_dir, tmp_path, ["CONTRADICTION", "NEUTRAL", "ENTAILMENT"])
+    directory = save_sequence_classifier(tiny_bert_dir, tmp_path, ["CONTRADICTION", "NEUTRAL", "ENTAILMENT"], 3)
     worker = await serve(backend="checkpoint", model=str(directory))
     texts = ["the match ended in a draw", "parliament passed the budget"]
     labels = ["sports", "politics", "cooking"]
@@ -164,7 +150,7 @@ async def test_an_nli_checkpoint_scores_labels_by_entailment_as_hugging_face_doe
 
 
 async def test_a_checkpoint_that_is_no_nli_model_refuses_labels(tiny_bert_dir, tmp_path):
-    directory = nli_checkpoint(tiny_bert_dir, tmp_path, ["billing", "technical"])
+    directory = save_sequence_classifier(tiny_bert_dir, tmp_path, ["billing", "technical"], 3)
     worker = await serve(backend="checkpoint", model=str(directory))
     try:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
