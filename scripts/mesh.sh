@@ -3,6 +3,9 @@
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 
 RUN_DIR=${TORCHGATE_RUN_DIR:-.run}
+# In the environment of every process start.sh launches for this run directory (and of their children): what
+# stop.sh finds a process by when a start was cut short before its pid file was written.
+MESH_MARK="TORCHGATE_MESH=$(realpath -m "$RUN_DIR")"
 PYTHON=${TORCHGATE_PYTHON:-.venv/bin/python}
 [ -x "$PYTHON" ] || PYTHON=python3
 

@@ -15,6 +15,19 @@ for arg in "$@"; do
   esac
 done
 
+# One drain path for every moment: from before the first service starts, Ctrl-C (or a TERM, or a failed start)
+# stops whatever has started, in order, through stop.sh; a start that succeeds without --follow disarms it.
+drain() {
+  trap '' INT TERM PIPE
+  trap - EXIT
+  set +e
+  [ -z "${follower:-}" ] || kill "$follower" 2>/dev/null
+  scripts/stop.sh
+  exit "${1:-130}"
+}
+trap drain INT TERM
+trap 'status=$?; ((status == 0)) || drain "$status"' EXIT
+
 START_TIMEOUT=${TORCHGATE_START_TIMEOUT:-300}
 # Locally the reranker may stand in with the bundled embedder (announced in Info, responses and logs).
 export TORCHGATE_RERANKING_FALLBACK=${TORCHGATE_RERANKING_FALLBACK:-embedding}
@@ -30,9 +43,12 @@ launch() {  # name, module, [VAR=value ...] for this process only
   rm -f "$(port_file "$name")"
   local base
   base=$(base_name "$name")
-  # setsid: Ctrl-C in this terminal must not reach the services; stop.sh drains them in order.
-  env "TORCHGATE_${base^^}_PORT_FILE=$(port_file "$name")" "$@" \
-    setsid "$PYTHON" -m "$module" >>"$RUN_DIR/$name.log" 2>&1 </dev/null &
+  # setsid: Ctrl-C in this terminal must not reach the services; stop.sh drains them in order. The child writes
+  # its own pid file before it becomes the service, so a Ctrl-C between the fork and `$!` still finds it; the
+  # MESH_MARK lets stop.sh find one whose pid file was never written.
+  env "TORCHGATE_${base^^}_PORT_FILE=$(port_file "$name")" "$MESH_MARK" "$@" \
+    setsid bash -c 'echo $$ >"$0"; exec "$@"' "$RUN_DIR/$name.pid" "$PYTHON" -m "$module" \
+    >>"$RUN_DIR/$name.log" 2>&1 </dev/null &
   echo $! >"$RUN_DIR/$name.pid"
 }
 
@@ -104,15 +120,10 @@ printf '%-13s ready on %s   (docs: %s/docs, logs: %s/)\n' gateway "$(gateway_url
 
 if ((follow)); then
   # Whatever stdout is piped into may be gone by now (Ctrl-C reaches `| tee` too): a write to it must not end
-  # the drain half-way, so the stop ignores SIGPIPE and a write error, as stop.sh does itself.
-  stop_mesh() {
-    trap '' INT TERM PIPE
-    set +e
-    scripts/stop.sh
-    exit 0
-  }
-  trap stop_mesh INT TERM
+  # the drain half-way, so the drain ignores SIGPIPE and a write error, as stop.sh does itself.
   tail -n 0 -F "$RUN_DIR"/*.log &
-  wait
-  stop_mesh  # the follower ended (its reader went away): the foreground run ends, and its mesh with it
+  follower=$!
+  wait "$follower"
+  drain 0  # the follower ended (its reader went away): the foreground run ends, and its mesh with it
 fi
+trap - INT TERM EXIT

@@ -30,7 +30,20 @@ stop_one() {
   rm -f "$pid_file" "$(port_file "$name")"
 }
 
+# Anything else start.sh launched for this run directory: a start cut short between a fork and its pid file.
+stop_marked() {
+  local pids
+  mapfile -t pids < <(grep -lzxF "$MESH_MARK" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3)
+  ((${#pids[@]})) || return 0
+  echo "stopping ${#pids[@]} process(es) of an unfinished start: ${pids[*]}"
+  kill -TERM "${pids[@]}" 2>/dev/null
+  local deadline=$((SECONDS + STOP_TIMEOUT))
+  while kill -0 "${pids[@]}" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
+  kill -KILL "${pids[@]}" 2>/dev/null
+}
+
 stop_one gateway
 for ((i = ${#WORKERS[@]} - 1; i >= 0; i--)); do
   for instance in $(instances "${WORKERS[$i]}"); do stop_one "$instance"; done
 done
+stop_marked
