@@ -9,7 +9,7 @@ DOCUMENTS_VENV := .venv-documents
 PROTOS := $(wildcard protos/torchgate/v1/*.proto)
 K8S_MANIFESTS := $(shell find ops/docker/k8s -name '*.yaml')
 
-.PHONY: install protos check-protos run start stop health images test test-gateway-isolated test-documents-isolated redis-server postgresql lint docs chromium bench bench-gateway fuzz mutate clean
+.PHONY: install protos check-protos run start stop health images test test-gateway-isolated test-documents-isolated redis-server postgresql promtool lint docs chromium bench bench-gateway fuzz mutate clean
 
 install: $(INSTALLED)
 
@@ -58,7 +58,7 @@ lint: $(INSTALLED)
 
 # The response cache's and rate limits' tests start Debian's redis-server, and the batch jobs' tests Debian's
 # PostgreSQL, as an operator would; the docs site's test opens the built site in Debian's headless Chromium.
-test: $(INSTALLED) lint docs redis-server postgresql chromium test-gateway-isolated test-documents-isolated
+test: $(INSTALLED) lint docs redis-server postgresql chromium promtool test-gateway-isolated test-documents-isolated
 	$(BIN)/python -m pytest
 
 redis-server:
@@ -67,6 +67,10 @@ redis-server:
 postgresql:
 	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || command -v postgres >/dev/null || \
 	  (apt-get update -qq && apt-get install -y -qq postgresql >/dev/null)
+
+# The alert rules' tests run Debian's promtool (tests/unit/test_alerts.py).
+promtool:
+	command -v promtool >/dev/null || (apt-get update -qq && apt-get install -y -qq prometheus >/dev/null)
 
 chromium:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)

@@ -43,7 +43,7 @@ from torchgate import __version__
 from torchgate.logs import configure_logging
 from torchgate.ports import announce_port
 from torchgate.telemetry import configure_tracing, grpc_filter
-from torchgate.tls import channel_credentials
+from torchgate.tls import channel_credentials, export_expiry
 from torchgate.v1 import (
     classifier_pb2,
     classifier_pb2_grpc,
@@ -131,8 +131,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
             interceptors = aio_client_interceptors(filter_=grpc_filter())
-        credentials = (channel_credentials(settings.tls_ca, settings.tls_cert, settings.tls_key)
-                       if settings.tls_ca else None)
+        credentials = None
+        if settings.tls_ca:
+            credentials = channel_credentials(settings.tls_ca, settings.tls_cert, settings.tls_key)
+            export_expiry("ca", settings.tls_ca)
+            if settings.tls_cert:
+                export_expiry("client", settings.tls_cert)
         app.state.upstreams, app.state.pools = {}, {}
         for task, (service, stub) in UPSTREAMS.items():
             task_settings = getattr(settings, task)

@@ -42,6 +42,8 @@ TENANT_TOKENS = Counter("torchgate_gateway_tenant_tokens_total", "Tokens the mod
 TENANT_REFUSALS = Counter("torchgate_gateway_tenant_refusals_total", "Requests refused with 429 by a tenant's "
                           "limit (requests, inputs, concurrency, daily_tokens, pool_share)",
                           ["tenant", "route", "limit"])
+TENANT_QUOTA_USED = Gauge("torchgate_gateway_tenant_quota_used_ratio", "Share of its daily token quota a tenant has "
+                          "used today (UTC), as its last request found it", ["tenant"], multiprocess_mode="livemax")
 
 ALIAS_REQUESTS = Counter("torchgate_gateway_alias_requests_total", "Requests for an alias of the routing file, by "
                          "the version that served and status", ["alias", "version", "status"])

@@ -11,7 +11,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from gateway.errors import ApiError
-from gateway.metrics import TENANT_REFUSALS
+from gateway.metrics import TENANT_QUOTA_USED, TENANT_REFUSALS
 from gateway.redis_client import SharedRedis
 from gateway.tenants.identity import Tenant
 
@@ -165,7 +165,11 @@ class Limiter:
 
     async def _check_quota(self, tenant: Tenant, route: str) -> None:
         daily = tenant.spec.daily_tokens
-        if daily and await self.tokens_today(tenant.name) >= daily:
+        if not daily:
+            return
+        used = await self.tokens_today(tenant.name)
+        TENANT_QUOTA_USED.labels(tenant.name).set(min(used / daily, 1.0))
+        if used >= daily:
             raise self._refused(tenant, route, "daily_tokens", _seconds_to_midnight(), {},
                                 f"tenant {tenant.name!r} used its {daily} tokens for today (UTC)")
 

@@ -6,6 +6,9 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 
 REQUESTS = Counter("torchgate_worker_requests_total", "gRPC requests by method and status code",
                    ["method", "code"])
+# What the alerts read where a scrape still answers: the process runs, but its gRPC health is not SERVING.
+SERVING_STATE = Gauge("torchgate_worker_serving",
+                      "1 while the worker's gRPC health is SERVING, 0 while it loads or drains")
 IN_FLIGHT = Gauge("torchgate_worker_requests_in_flight", "gRPC calls being served now", ["method"])
 REQUEST_SECONDS = Histogram("torchgate_worker_request_seconds", "gRPC request latency", ["method"],
                             buckets=_LATENCY_BUCKETS)

@@ -19,6 +19,7 @@ from services.runtime.config import WorkerSettings
 from services.runtime.device import DeviceError, limit_blas_threads, require_gpu_or_exit
 from services.runtime.errors import ModelNotFound
 from services.runtime.interceptors import StatusInterceptor
+from services.runtime.metrics import SERVING_STATE
 from services.runtime.servicer import WorkerServicer
 from torchgate.logs import configure_logging
 from torchgate.ports import announce_port
@@ -121,6 +122,7 @@ class Worker:
         await self.servicer.load()
         for name in ("", self.service_name):
             await self.health.set(name, SERVING)
+        SERVING_STATE.set(1)
         log.info("serving", extra={"service": self.service_name, "startup_s": round(time.perf_counter() - started, 2)})
 
     async def wait_serving(self) -> None:
@@ -132,6 +134,7 @@ class Worker:
         in-flight ones finish within `grace`, stop."""
         grace = self.settings.grace_period_s if grace is None else grace
         await self.health.enter_graceful_shutdown()
+        SERVING_STATE.set(0)
         if self.loading and not self.loading.done():
             self.loading.cancel()
         # Calls a client sent before it heard NOT_SERVING would be cancelled by the stopping server.

@@ -10,6 +10,7 @@ from prometheus_client.metrics import MetricWrapperBase
 import gateway.metrics
 import services.gpu.metrics
 import services.runtime.metrics
+import torchgate.tls
 from services.classifier.settings import ClassifierSettings
 from services.embedding.settings import EmbeddingSettings
 from services.gpu.settings import GpuSettings
@@ -22,7 +23,7 @@ METRICS_PAGE = (ROOT / "docs/observability.md").read_text()
 def code_metrics() -> dict[str, tuple[str, ...]]:
     """Exposed name -> label names, for every metric the gateway and the workers define."""
     found = {}
-    for module in (gateway.metrics, services.runtime.metrics):
+    for module in (gateway.metrics, services.runtime.metrics, torchgate.tls):
         for metric in vars(module).values():
             if isinstance(metric, MetricWrapperBase):
                 suffix = "_total" if metric._type == "counter" else ""

@@ -1,10 +1,15 @@
 """Secure mode: TLS/mTLS between gateway and workers with certificates from scripts/certs.sh."""
 
 import asyncio
+import os
+import socket
+import ssl
 import subprocess
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from prometheus_client import REGISTRY
 
 from gateway.app import create_app
 from gateway.config import EmbeddingUpstream, GatewaySettings
@@ -65,3 +70,69 @@ async def test_the_health_probe_speaks_mtls(mtls_worker, certs):
     service = "torchgate.v1.EmbeddingService"
     assert await asyncio.to_thread(check, address, service, credentials=credentials) == "SERVING"
     assert await asyncio.to_thread(check, address, service) == "UNREACHABLE"
+
+
+def served_serial(port: int, certs: Path) -> str:
+    """The serial of the certificate a new TLS connection to the worker is served (ALPN h2, as gRPC speaks)."""
+    context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+    context.load_cert_chain(str(certs / "client.crt"), str(certs / "client.key"))
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as connection:
+            der = connection.getpeercert(binary_form=True)
+    return format(x509.load_der_x509_certificate(der).serial_number, "x")
+
+
+def exported_expiry(role: str, path: Path) -> float:
+    return REGISTRY.get_sample_value("torchgate_certificate_expiry_timestamp_seconds",
+                                     {"certificate": role, "path": str(path)})
+
+
+@pytest.fixture
+def own_certs(tmp_path) -> Path:
+    """Certificates of this test's own, rotated by it."""
+    subprocess.run([str(ROOT / "scripts" / "certs.sh"), str(tmp_path)], check=True, capture_output=True)
+    return tmp_path
+
+
+def rotate(certs: Path, days: int) -> None:
+    subprocess.run([str(ROOT / "scripts" / "certs.sh"), "--rotate", str(certs)], check=True, capture_output=True,
+                   env={**os.environ, "TORCHGATE_CERT_DAYS": str(days)})
+
+
+async def test_a_rotation_under_load_fails_no_request_and_new_connections_get_the_new_certificate(own_certs):
+    import httpx
+
+    certs = own_certs
+    settings = EmbeddingSettings(port=0, metrics_port=0, tls_cert=str(certs / "server.crt"),
+                                 tls_key=str(certs / "server.key"), tls_client_ca=str(certs / "ca.crt"))
+    rotation_at = 60  # requests before the rotation; as many again after it
+    statuses: list[int] = []
+    half_way, rotated = asyncio.Event(), asyncio.Event()
+    async with serving(EmbeddingServicer(FakeAdapter(), settings)) as worker:
+        old_serial = await asyncio.to_thread(served_serial, worker.port, certs)
+        old_expiry = exported_expiry("server", certs / "server.crt")
+        gateway = create_app(GatewaySettings(
+            embedding=EmbeddingUpstream(addresses=f"127.0.0.1:{worker.port}"), tls_ca=str(certs / "ca.crt"),
+            tls_cert=str(certs / "client.crt"), tls_key=str(certs / "client.key")))
+        async with gateway.router.lifespan_context(gateway):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gateway), base_url="http://gw") as client:
+                async def load(index: int) -> None:
+                    while not rotated.is_set() or len(statuses) < 2 * rotation_at:
+                        reply = await client.post("/v1/embeddings", json={"input": f"text {index} {len(statuses)}"})
+                        statuses.append(reply.status_code)
+                        if len(statuses) >= rotation_at:
+                            half_way.set()
+
+                loaders = [asyncio.create_task(load(index)) for index in range(4)]
+                await half_way.wait()
+                await asyncio.to_thread(rotate, certs, 30)
+                rotated.set()
+                new_serial = await asyncio.to_thread(served_serial, worker.port, certs)
+                await asyncio.gather(*loaders)
+        new_expiry = exported_expiry("server", certs / "server.crt")
+    file_serial = format(x509.load_pem_x509_certificate((certs / "server.crt").read_bytes()).serial_number, "x")
+    assert new_serial == file_serial != old_serial
+    assert [status for status in statuses if status != 200] == []
+    assert len(statuses) >= 2 * rotation_at
+    assert old_expiry - new_expiry > 300 * 86400  # 365 days, then 30
