@@ -66,3 +66,20 @@ def test_the_rules_read_only_metrics_the_code_defines():
                 and not name.startswith("torchgate:") else name
                 for name in re.findall(r"\b(?:torchgate[_:][a-z0-9_:]+|up)\b(?=\s*[{\[)\s]|$)", rule["expr"])}
         assert read <= known | recorded, (rule.get("alert") or rule.get("record"), read - known - recorded)
+
+
+def test_the_model_workers_scale_on_a_queue_depth_the_adapter_serves_from_labels_the_scrape_sets():
+    manifests = list(yaml.safe_load_all((ROOT / "ops/docker/k8s/autoscaling.yaml").read_text()))
+    scaled_on = {hpa["spec"]["scaleTargetRef"]["name"]: [metric.get("pods", {}).get("metric", {}).get("name")
+                                                          or metric["resource"]["name"]
+                                                          for metric in hpa["spec"]["metrics"]]
+                 for hpa in manifests}
+    assert {name: scaled_on[name] for name in ("embedding", "reranking", "classifier")} == {
+        name: ["torchgate_batcher_queue_depth"] for name in ("embedding", "reranking", "classifier")}
+    assert "torchgate_batcher_queue_depth" in code_metrics()
+    adapter = yaml.safe_load((ROOT / "ops/prometheus/adapter.yaml").read_text())["rules"]
+    assert [rule["name"]["as"] for rule in adapter] == ["torchgate_batcher_queue_depth"]
+    assert set(adapter[0]["resources"]["overrides"]) == {"namespace", "pod"}
+    scrape = yaml.safe_load((ROOT / "ops/prometheus/prometheus.yml").read_text())["scrape_configs"]
+    pods = next(job for job in scrape if job["job_name"] == "kubernetes-pods")
+    assert {"namespace", "pod"} <= {relabel.get("target_label") for relabel in pods["relabel_configs"]}
