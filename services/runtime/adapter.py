@@ -10,10 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from services.runtime.backend import Backend, Request, settle_backend
+from services.runtime.backend import Backend, Candidate, Request, cache_root, restore_backend, settle_backend
+from services.runtime.decision import Decision, decision_key, load_decision, save_decision
 from services.runtime.device import place, stream_layout
 from services.runtime.models import resolve_model
-from services.runtime.packing import PackedBatch, PackedEncoder, encoder_inputs
+from services.runtime.packing import TRACED, PackedBatch, PackedEncoder, encoder_inputs
 from services.runtime.precision import (
     SELF_CHECK_BATCH,
     SELF_CHECK_TEXTS,
@@ -41,12 +42,13 @@ class ModelSpec:
     inference_backend: str = "auto"
     quantize: str = "none"
     openvino_cache_dir: str = ""
+    recheck: bool = False
 
     @classmethod
     def from_settings(cls, settings, model_id: str | None = None) -> "ModelSpec":
         return cls(model_id or settings.model, settings.device, settings.dtype, settings.cpu_threads,
                    settings.pack_length, settings.device_streams, settings.trace, settings.inference_backend,
-                   settings.quantize, settings.openvino_cache_dir)
+                   settings.quantize, settings.openvino_cache_dir, settings.recheck)
 
 
 @dataclass
@@ -174,27 +176,83 @@ class SpecAdapter(ModelAdapter):
         2. the packed encoder as a traced graph where it reproduces the module, on `sample(texts)` batches of two
            shapes (packing.py);
         3. the backend: OpenVINO where it agrees with fp32 and beats the torch choice (backend.py).
+
+        The outcome is kept on disk (decision.py): a restart with the same model, machine and settings restores it
+        without measuring, unless RECHECK is set.
         """
-        with machine_to_itself() if self.device == "cpu" else nullcontext():
-            self.precision = settle(self.precision, run_sample, agreement, self.model_id)
-            if encoder is None:
-                forward = "eager (padded batches)"
-            elif not self.spec.trace:
-                forward = "eager (TRACE=false)"
-            else:
-                forward = encoder.trace([sample(SELF_CHECK_BATCH), sample(SELF_CHECK_TEXTS[1:3])],
-                                        self.precision.context)
-            streams, threads = stream_layout(self.device, self.spec.device_streams, self.spec.cpu_threads)
-            spec = self.spec
-            request = Request(spec.inference_backend, spec.quantize, spec.openvino_cache_dir, spec.dtype,
-                              bool(cpu_bf16_flags()), streams, threads)
-            example = encoder_inputs(sample(SELF_CHECK_BATCH)) if encoder is not None else ()
-            self.backend = settle_backend(request, self.device, encoder, example, self.path, type(self).__name__,
-                                          run_sample, self.precision.fp32_sample, agreement)
+        spec = self.spec
+        streams, threads = stream_layout(self.device, spec.device_streams, spec.cpu_threads)
+        request = Request(spec.inference_backend, spec.quantize, spec.openvino_cache_dir, spec.dtype,
+                          bool(cpu_bf16_flags()), streams, threads)
+        decisions = cache_root(spec.openvino_cache_dir) / "decisions"
+        key = decision_key(self.path, type(self).__name__, (streams, threads), {
+            "device": self.device, "dtype": spec.dtype, "candidate": self.precision.name, "trace": spec.trace,
+            "backend": spec.inference_backend, "quantize": spec.quantize, "pack_length": spec.pack_length})
+        cached = None if spec.recheck else load_decision(decisions, key)
+        forward = self._restore(cached, encoder, sample, request) if cached else None
+        restored = forward is not None
+        if not restored:
+            with machine_to_itself() if self.device == "cpu" else nullcontext():
+                forward = self._measure(encoder, run_sample, agreement, sample, request)
+            candidate = self.backend.candidate
+            save_decision(decisions, key, Decision(
+                autocast=str(self.precision.autocast or "").removeprefix("torch."),
+                precision_reason=self.precision.reason, forward="traced" if forward == TRACED else "eager",
+                backend=self.backend.name, backend_dtype=self.backend.dtype,
+                openvino_precision=candidate.precision if candidate else "",
+                int8_weights=bool(candidate and candidate.int8_weights), backend_reason=self.backend.reason))
         if self.backend.name != "torch":
             forward = f"{self.backend.name} {self.backend.dtype}"
         log.info("forward pass: %s", forward, extra={"model": self.model_id, "forward": forward,
-                                                     "backend_reason": self.backend.reason})
+                                                     "backend_reason": self.backend.reason,
+                                                     "self_check": "cached" if restored else "measured"})
+
+    def _measure(self, encoder: PackedEncoder | None, run_sample: Callable[[], np.ndarray],
+                 agreement: Callable[[np.ndarray, np.ndarray], tuple[bool, str]],
+                 sample: Callable[[list[str]], PackedBatch], request: Request) -> str:
+        """The self-check itself (settle's three steps); returns which forward the torch side runs."""
+        self.precision = settle(self.precision, run_sample, agreement, self.model_id)
+        forward = self._untraced(encoder) or encoder.trace(
+            [sample(SELF_CHECK_BATCH), sample(SELF_CHECK_TEXTS[1:3])], self.precision.context)
+        example = encoder_inputs(sample(SELF_CHECK_BATCH)) if encoder is not None else ()
+        self.backend = settle_backend(request, self.device, encoder, example, self.path, type(self).__name__,
+                                      run_sample, self.precision.fp32_sample, agreement)
+        return forward
+
+    def _untraced(self, encoder: PackedEncoder | None) -> str:
+        """Why the encoder runs eager whatever a self-check finds, or "" when tracing is up to it."""
+        if encoder is None:
+            return "eager (padded batches)"
+        return "" if self.spec.trace else "eager (TRACE=false)"
+
+    def _restore(self, cached: Decision, encoder: PackedEncoder | None, sample: Callable[[list[str]], PackedBatch],
+                 request: Request) -> str | None:
+        """Apply an earlier start's decision without measuring; the forward it runs, or None where it no longer
+        applies (the caller measures again)."""
+        import torch
+
+        candidate_autocast, earlier = self.precision.autocast, "cached decision of an earlier start: "
+        self.precision.autocast = getattr(torch, cached.autocast) if cached.autocast else None
+        self.precision.reason = earlier + cached.precision_reason
+        try:
+            if cached.backend == "openvino":
+                self.backend = restore_backend(
+                    request, encoder, encoder_inputs(sample(SELF_CHECK_BATCH)), self.path, type(self).__name__,
+                    Candidate(cached.openvino_precision, cached.int8_weights), earlier + cached.backend_reason)
+                return f"openvino {self.backend.dtype}"
+            self.backend = Backend("torch", earlier + cached.backend_reason)
+            if untraced := self._untraced(encoder):
+                return untraced
+            if cached.forward != "traced":
+                return "eager (the traced graph did not reproduce the module at an earlier start)"
+            return encoder.trace([sample(SELF_CHECK_BATCH), sample(SELF_CHECK_TEXTS[1:3])], self.precision.context)
+        except Exception as error:  # noqa: BLE001 - a decision that cannot be restored is measured again
+            log.warning("cached self-check decision no longer applies; measuring again",
+                        extra={"model": self.model_id, "error": f"{type(error).__name__}: {error}"})
+            self.precision.autocast = candidate_autocast
+            if encoder is not None:
+                encoder.graph = None
+            return None
 
     def describe(self, **fields) -> ModelDescription:
         """The loaded model's description with where, in what and by which backend it computes."""

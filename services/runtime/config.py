@@ -95,9 +95,12 @@ class ModelWorkerSettings(WorkerSettings):
         "none", description="`int8`: OpenVINO also tries int8 weight-only compression (NNCF), kept only where the "
                             "self-check agrees with fp32 and it is the fastest.")
     openvino_cache_dir: str = Field(
-        "", description="Where converted OpenVINO models are kept between starts (keyed by the model's files and "
-                        "the OpenVINO version); empty: $XDG_CACHE_HOME/torchgate/openvino or "
-                        "~/.cache/torchgate/openvino. Unwritable: converted at every start.")
+        "", description="Where converted OpenVINO models and the start-up self-check's decisions are kept between "
+                        "starts (keyed by the model's files, the versions, the CPU and the settings); empty: "
+                        "$XDG_CACHE_HOME/torchgate/openvino or ~/.cache/torchgate/openvino. Unwritable: measured and "
+                        "converted at every start.")
+    recheck: bool = Field(False, description="Run the start-up self-check even where an earlier start on this "
+                                             "machine, model and settings decided already (and keep the new result).")
     max_batch_size: int = Field(64, ge=1, description="Most inputs in one forward pass.")
     max_batch_tokens: int = Field(
         4096, ge=16, description="Most padded tokens (inputs x longest input) in one forward pass."

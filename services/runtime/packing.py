@@ -149,6 +149,10 @@ def first_token_states(hidden, batch: PackedBatch):
 TRACE_TOLERANCE = 1e-3
 
 
+# What `PackedEncoder.trace` says when it keeps the traced graph.
+TRACED = "traced TorchScript graph"
+
+
 class PackedEncoder:
     """A BERT encoder on packed batches: a PackedBatch in, token states (rows, length, hidden) out.
 
@@ -205,7 +209,7 @@ class PackedEncoder:
         if worst > TRACE_TOLERANCE:
             return f"eager (the traced graph differed from the module by {worst:.2g})"
         self.graph = graph
-        return "traced TorchScript graph"
+        return TRACED
 
 
 def encoder_inputs(batch: PackedBatch) -> tuple:

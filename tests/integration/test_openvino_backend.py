@@ -4,6 +4,8 @@ Workers run with INFERENCE_BACKEND=openvino (kept whatever its speed, so the ass
 are compared with the same model on fp32 torch; services/runtime/backend.py says how auto chooses.
 """
 
+import time
+
 import numpy as np
 import pytest
 
@@ -14,7 +16,7 @@ from services.embedding.servicer import build as build_embedding
 from services.embedding.settings import EmbeddingSettings
 from services.reranking.servicer import build as build_reranking
 from services.reranking.settings import RerankingSettings
-from services.runtime.adapter import ModelSpec
+from services.runtime.adapter import ModelDescription, ModelSpec
 from services.runtime.precision import cosine_agreement, score_agreement
 from tests.integration.test_embedding_worker import TEXTS, unpack
 from tests.network import worker_channel
@@ -114,8 +116,9 @@ def embed(adapter: EmbeddingAdapter, texts: list[str]) -> np.ndarray:
 
 
 def cache_files(cache_dir) -> dict[str, int]:
-    return {str(path.relative_to(cache_dir)): path.stat().st_mtime_ns
-            for path in cache_dir.rglob("*") if path.is_file()}
+    """The converted models in `cache_dir` (beside them: the self-check's decisions, OpenVINO's compiled blobs)."""
+    return {str(path.relative_to(cache_dir)): path.stat().st_mtime_ns for path in cache_dir.rglob("*")
+            if path.is_file() and path.relative_to(cache_dir).parts[0] not in ("decisions", "compiled")}
 
 
 def test_the_converted_model_is_reused_from_disk_and_a_changed_model_is_converted_again(tmp_path):
@@ -156,3 +159,35 @@ def test_an_unwritable_cache_directory_only_costs_the_conversion(tmp_path):
     adapter, described = load(str(model), blocker, inference_backend="openvino")
     assert described.backend == "openvino"
     assert "converted, not cached" in described.backend_reason, described.backend_reason
+
+
+CACHED = "cached decision of an earlier start: "
+
+
+def start_embedder(cache_dir, **spec) -> tuple[ModelDescription, np.ndarray, float]:
+    """What a worker's start does with the bundled MiniLM: load (self-check included) and warm up; the model's
+    description, its vectors of TEXTS and the seconds the start took."""
+    started = time.perf_counter()
+    adapter = EmbeddingAdapter(ModelSpec(EmbeddingSettings().model, device="cpu", openvino_cache_dir=str(cache_dir),
+                                         **spec))
+    described = adapter.load()
+    adapter.warmup()
+    seconds = time.perf_counter() - started
+    prepared = adapter.preprocess(TEXTS)
+    return described, np.array(adapter.postprocess(prepared, adapter.forward(prepared))), seconds
+
+
+def test_a_restart_restores_the_self_checks_decision_and_a_changed_layout_or_recheck_measures_again(
+        tmp_path, record_property):
+    cold, cold_vectors, cold_s = start_embedder(tmp_path)
+    warm, warm_vectors, warm_s = start_embedder(tmp_path)
+    record_property("cold_start_s", round(cold_s, 2))
+    record_property("warm_start_s", round(warm_s, 2))
+    assert not cold.backend_reason.startswith(CACHED), cold.backend_reason
+    assert warm.backend_reason.startswith(CACHED + cold.backend_reason)
+    assert (warm.backend, warm.dtype) == (cold.backend, cold.dtype)
+    assert (warm_vectors * cold_vectors).sum(1).min() >= 0.99999, "the restored backend computes as the measured"
+    one_stream, _, _ = start_embedder(tmp_path, device_streams=1, cpu_threads=1)
+    assert not one_stream.backend_reason.startswith(CACHED), "another thread layout is measured again"
+    rechecked, _, _ = start_embedder(tmp_path, recheck=True)
+    assert not rechecked.backend_reason.startswith(CACHED), "RECHECK measures again"

@@ -83,3 +83,17 @@ def test_the_model_workers_scale_on_a_queue_depth_the_adapter_serves_from_labels
     scrape = yaml.safe_load((ROOT / "ops/prometheus/prometheus.yml").read_text())["scrape_configs"]
     pods = next(job for job in scrape if job["job_name"] == "kubernetes-pods")
     assert {"namespace", "pod"} <= {relabel.get("target_label") for relabel in pods["relabel_configs"]}
+
+
+@needs_promtool
+def test_the_containerized_meshs_prometheus_loads_the_same_rules_and_scrapes_every_service():
+    compose = yaml.safe_load((ROOT / "ops/docker/docker-compose.yml").read_text())["services"]
+    prometheus = compose["prometheus"]
+    config_file = prometheus["command"][0].removeprefix("--config.file=/etc/prometheus/")
+    assert "../prometheus:/etc/prometheus:ro" in prometheus["volumes"]
+    checked = promtool("check", "config", str(RULES.parent / config_file))
+    assert checked.returncode == 0 and "1 rule files found" in checked.stdout, checked.stdout + checked.stderr
+    config = yaml.safe_load((RULES.parent / config_file).read_text())
+    scraped = {target.split(":")[0] for job in config["scrape_configs"] for group in job["static_configs"]
+               for target in group["targets"]}
+    assert scraped == set(compose) - {"prometheus"}
