@@ -43,7 +43,7 @@ from torchgate import __version__
 from torchgate.logs import configure_logging
 from torchgate.ports import announce_port
 from torchgate.telemetry import configure_tracing, grpc_filter
-from torchgate.tls import channel_credentials, export_expiry
+from torchgate.tls import client_credentials
 from torchgate.v1 import (
     classifier_pb2,
     classifier_pb2_grpc,
@@ -133,10 +133,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             interceptors = aio_client_interceptors(filter_=grpc_filter())
         credentials = None
         if settings.tls_ca:
-            credentials = channel_credentials(settings.tls_ca, settings.tls_cert, settings.tls_key)
-            export_expiry("ca", settings.tls_ca)
-            if settings.tls_cert:
-                export_expiry("client", settings.tls_cert)
+            # A rotated client certificate (its file replaced) reaches every upstream's new calls; see
+            # Upstream.use_credentials.
+            certificate = ConfigFile(settings.tls_cert or settings.tls_ca, lambda _: client_credentials(settings),
+                                     "client certificate", on_reload=lambda renewed: [
+                                         upstream.use_credentials(renewed)
+                                         for upstream in app.state.upstreams.values()])
+            credentials = certificate.value
+            reloader.files.append(certificate)
         app.state.upstreams, app.state.pools = {}, {}
         for task, (service, stub) in UPSTREAMS.items():
             task_settings = getattr(settings, task)

@@ -1,4 +1,5 @@
-"""Configuration files the gateway reloads without a restart (the tenants file, the routing file).
+"""Configuration files the gateway reloads without a restart (the tenants file, the routing file, the client
+certificate it presents to workers).
 
 All of them reload on SIGHUP (one handler for the process: a loop holds one per signal) and each when it
 changes on disk (polled, which also catches Kubernetes ConfigMap updates). A file that does not load keeps
@@ -30,8 +31,9 @@ def _stamp(path: str) -> tuple | None:
 class ConfigFile(Generic[T]):
     """`value`: what `load(path)` made of the file last time it loaded."""
 
-    def __init__(self, path: str, load: Callable[[str], T], what: str):
-        self.path, self.load, self.what = path, load, what
+    def __init__(self, path: str, load: Callable[[str], T], what: str,
+                 on_reload: Callable[[T], None] | None = None):
+        self.path, self.load, self.what, self.on_reload = path, load, what, on_reload
         self.stamp = _stamp(path)
         try:
             self.value: T = load(path)
@@ -46,6 +48,8 @@ class ConfigFile(Generic[T]):
             log.error("%s %s not reloaded, the previous one stays: %s", self.what, self.path, _one_line(error))
             return
         log.info("%s reloaded", self.what, extra={"path": self.path})
+        if self.on_reload is not None:
+            self.on_reload(self.value)
 
     def changed(self) -> bool:
         return _stamp(self.path) != self.stamp

@@ -3,8 +3,9 @@
 A worker's server credentials follow their files: gRPC asks for the certificate at each new handshake, and a
 changed file (a rotation by scripts/certs.sh --rotate, cert-manager or a Kubernetes Secret update) is read then,
 so new connections get the new certificate while open ones finish on theirs (the gateway reconnects every
-MAX_CONNECTION_AGE_S, so a rotation reaches it within that). The gateway and the workers export when the
-certificates they use expire (torchgate_certificate_expiry_timestamp_seconds).
+MAX_CONNECTION_AGE_S, so a rotation reaches it within that). The gateway follows its client certificate's file
+the same way: a new channel per upstream takes the new calls while the old one finishes its own. The gateway and
+the workers export when the certificates they use expire (torchgate_certificate_expiry_timestamp_seconds).
 """
 
 import logging
@@ -40,6 +41,12 @@ def export_expiry(role: str, path: str) -> str:
     return serial
 
 
+def check_pair(cert: str, key: str) -> None:
+    """Raise unless `key` is the private key of `cert`: a pair caught half-written during a rotation (the new
+    certificate beside the old key) must not be used."""
+    ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+
+
 def _stamp(paths: list[str]) -> tuple:
     """What changes when any of the files is replaced or rewritten (a rename onto it included)."""
     stamps = []
@@ -60,8 +67,7 @@ class ServerCertificates:
         self.serial = self._export()
 
     def _configuration(self):
-        # A pair caught half-written (the new certificate beside the old key) must not become the served one.
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(self.cert, self.key)
+        check_pair(self.cert, self.key)
         return grpc.ssl_server_certificate_configuration([(_read(self.key), _read(self.cert))],
                                                          root_certificates=_read(self.client_ca))
 
@@ -100,3 +106,13 @@ def channel_credentials(ca: str, cert: str = "", key: str = "") -> grpc.ChannelC
     """TLS for a client trusting `ca`; `cert` and `key` present a client certificate (mTLS)."""
     return grpc.ssl_channel_credentials(root_certificates=_read(ca), private_key=_read(key),
                                         certificate_chain=_read(cert))
+
+
+def client_credentials(settings) -> grpc.ChannelCredentials:
+    """The gateway's TLS to the workers (`tls_ca`; with `tls_cert` and `tls_key`, mTLS), its files checked and their
+    expiry exported; read again by the gateway when the certificate file changes."""
+    if settings.tls_cert:
+        check_pair(settings.tls_cert, settings.tls_key)
+        export_expiry("client", settings.tls_cert)
+    export_expiry("ca", settings.tls_ca)
+    return channel_credentials(settings.tls_ca, settings.tls_cert, settings.tls_key)

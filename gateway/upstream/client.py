@@ -59,15 +59,12 @@ class Upstream:
         self.serves_model = serves_model
         self.service = service
         self.settings = settings
-        target, options = grpc_target(settings.addresses), channel_options(service, settings)
-        if credentials is None:
-            self.channel = grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
-        else:
-            if tls_server_name:
-                options.append(("grpc.ssl_target_name_override", tls_server_name))
-            self.channel = grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
-        self.stub = stub_class(self.channel)
-        self._health = health_pb2_grpc.HealthStub(self.channel)
+        self._target, self._options = grpc_target(settings.addresses), channel_options(service, settings)
+        if credentials is not None and tls_server_name:
+            self._options.append(("grpc.ssl_target_name_override", tls_server_name))
+        self._stub_class, self._interceptors = stub_class, interceptors
+        self._retiring: set[asyncio.Task] = set()
+        self._open(credentials)
         self.monitor = BreakerMonitor(name)
         self.breaker = pybreaker.CircuitBreaker(
             fail_max=settings.breaker_fail_max, reset_timeout=settings.breaker_reset_s,
@@ -86,11 +83,36 @@ class Upstream:
         self.serving = False
         self._tasks: list[asyncio.Task] = []
 
+    def _open(self, credentials: grpc.ChannelCredentials | None) -> None:
+        if credentials is None:
+            self.channel = grpc.aio.insecure_channel(self._target, options=self._options,
+                                                     interceptors=self._interceptors)
+        else:
+            self.channel = grpc.aio.secure_channel(self._target, credentials, options=self._options,
+                                                   interceptors=self._interceptors)
+        self.stub = self._stub_class(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+
     def start(self) -> None:
         """Begin watching health and learning the worker's published limits; call inside the serving loop."""
-        self._tasks.append(asyncio.create_task(self._follow_health()))
+        self._health_watch = asyncio.create_task(self._follow_health())
+        self._tasks.append(self._health_watch)
         if self.serves_model:
             self._tasks.append(asyncio.create_task(self._learn_limits()))
+
+    def use_credentials(self, credentials: grpc.ChannelCredentials) -> None:
+        """Present `credentials` (a rotated client certificate) from now on: a new channel takes every new call, and
+        the old one closes once the calls on it have finished (within the upstream's deadline). The health watch
+        moves to the new channel at once, so the upstream never reads as not serving on the way."""
+        retired = self.channel
+        self._open(credentials)
+        self._tasks.remove(self._health_watch)
+        self._health_watch.cancel()
+        self._health_watch = asyncio.create_task(self._follow_health())
+        self._tasks.append(self._health_watch)
+        closing = asyncio.ensure_future(retired.close(grace=self.settings.timeout_s))
+        self._retiring.add(closing)
+        closing.add_done_callback(self._retiring.discard)
 
     async def _follow_health(self) -> None:
         """Watch the service's health through the channel; when it turns SERVING, end an open breaker's wait.
@@ -276,3 +298,4 @@ class Upstream:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.channel.close()
+        await asyncio.gather(*self._retiring)

@@ -100,15 +100,16 @@ def rotate(certs: Path, days: int) -> None:
                    env={**os.environ, "TORCHGATE_CERT_DAYS": str(days)})
 
 
-async def test_a_rotation_under_load_fails_no_request_and_new_connections_get_the_new_certificate(own_certs):
+async def test_a_rotation_under_load_fails_no_request_and_both_sides_take_the_new_certificates(own_certs):
     import httpx
 
     certs = own_certs
     settings = EmbeddingSettings(port=0, metrics_port=0, tls_cert=str(certs / "server.crt"),
                                  tls_key=str(certs / "server.key"), tls_client_ca=str(certs / "ca.crt"))
-    rotation_at = 60  # requests before the rotation; as many again after it
+    rotation_at = 60  # requests before the rotation; as many again once the gateway has renewed its channel
     statuses: list[int] = []
-    half_way, rotated = asyncio.Event(), asyncio.Event()
+    half_way, enough = asyncio.Event(), asyncio.Event()
+    renewed_at: list[int] = []
     async with serving(EmbeddingServicer(FakeAdapter(), settings)) as worker:
         old_serial = await asyncio.to_thread(served_serial, worker.port, certs)
         old_expiry = exported_expiry("server", certs / "server.crt")
@@ -118,21 +119,32 @@ async def test_a_rotation_under_load_fails_no_request_and_new_connections_get_th
         async with gateway.router.lifespan_context(gateway):
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gateway), base_url="http://gw") as client:
                 async def load(index: int) -> None:
-                    while not rotated.is_set() or len(statuses) < 2 * rotation_at:
+                    while not enough.is_set():
                         reply = await client.post("/v1/embeddings", json={"input": f"text {index} {len(statuses)}"})
                         statuses.append(reply.status_code)
                         if len(statuses) >= rotation_at:
                             half_way.set()
+                        if renewed_at and len(statuses) >= renewed_at[0] + rotation_at:
+                            enough.set()
 
                 loaders = [asyncio.create_task(load(index)) for index in range(4)]
                 await half_way.wait()
+                upstream = gateway.state.upstreams["embedding"]
+                old_channel, old_client_expiry = upstream.channel, exported_expiry("client", certs / "client.crt")
                 await asyncio.to_thread(rotate, certs, 30)
-                rotated.set()
                 new_serial = await asyncio.to_thread(served_serial, worker.port, certs)
+                async with asyncio.timeout(10):  # the gateway polls its certificate file every POLL_S
+                    while exported_expiry("client", certs / "client.crt") == old_client_expiry:  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
+                renewed_channel = upstream.channel
+                renewed_at.append(len(statuses))
                 await asyncio.gather(*loaders)
         new_expiry = exported_expiry("server", certs / "server.crt")
+        new_client_expiry = exported_expiry("client", certs / "client.crt")
     file_serial = format(x509.load_pem_x509_certificate((certs / "server.crt").read_bytes()).serial_number, "x")
     assert new_serial == file_serial != old_serial
     assert [status for status in statuses if status != 200] == []
-    assert len(statuses) >= 2 * rotation_at
+    assert len(statuses) >= renewed_at[0] + rotation_at
     assert old_expiry - new_expiry > 300 * 86400  # 365 days, then 30
+    assert old_client_expiry - new_client_expiry > 300 * 86400
+    assert renewed_channel is not old_channel, "the gateway's new calls present the rotated client certificate"
