@@ -43,12 +43,10 @@ launch() {  # name, module, [VAR=value ...] for this process only
   rm -f "$(port_file "$name")"
   local base
   base=$(base_name "$name")
-  # setsid: Ctrl-C in this terminal must not reach the services; stop.sh drains them in order. The child writes
-  # its own pid file before it becomes the service, so a Ctrl-C between the fork and `$!` still finds it; the
-  # MESH_MARK lets stop.sh find one whose pid file was never written.
+  # setsid: Ctrl-C in this terminal must not reach the services; stop.sh drains them in order. The MESH_MARK lets
+  # stop.sh find a process whose pid file a Ctrl-C between the fork and the next line kept from being written.
   env "TORCHGATE_${base^^}_PORT_FILE=$(port_file "$name")" "$MESH_MARK" "$@" \
-    setsid bash -c 'echo $$ >"$0"; exec "$@"' "$RUN_DIR/$name.pid" "$PYTHON" -m "$module" \
-    >>"$RUN_DIR/$name.log" 2>&1 </dev/null &
+    setsid "$PYTHON" -m "$module" >>"$RUN_DIR/$name.log" 2>&1 </dev/null &
   echo $! >"$RUN_DIR/$name.pid"
 }
 
